@@ -1,0 +1,150 @@
+"""The `clcpmt` command: train, evaluate, predict, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .config import ConfigError, load_config, save_config, to_dict
+from .data.readers import DataError
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+EPILOG = """config overrides: any --section.key=value (or --section.key value) after the options, e.g.
+  clcpmt train --config isic2018_cpu --method.name mean_teacher --data.labeled 0.1 --train.seed 1
+the command line wins over the file; unknown keys are errors. Sections: data, model, method, train; run_dir."""
+
+
+def resolve_config(name: str | None) -> Path | None:
+    """A config path, or the name of a packaged config (demo, isic2018_cpu, isic2018_densenet121_224)."""
+    if not name:
+        return None
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = PACKAGED_CONFIGS / f"{name.removesuffix('.yaml')}.yaml"
+    if packaged.is_file():
+        return packaged
+    known = ", ".join(p.stem for p in sorted(PACKAGED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"config file {name} does not exist (packaged configs: {known})")
+
+
+def _checkpoint(target: str, which: str) -> Path:
+    path = Path(target)
+    return path / "checkpoints" / f"{which}.ckpt" if path.is_dir() else path
+
+
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .runner import train
+
+    config = resolve_config(args.config)
+    if args.resume:
+        config = Path(args.resume) / "config.yaml"
+        if not config.is_file():
+            raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a run folder?")
+    cfg = load_config(config, overrides)
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return
+    run_dir = train(cfg, resume=bool(args.resume))
+    print(f"run folder: {run_dir}")
+
+
+def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .data.datamodule import prepare_data
+    from .runner import evaluate_csv, evaluate_parts, load_system
+
+    if overrides:
+        raise ConfigError(f"evaluate takes no config overrides; got {' '.join(overrides)}")
+    ckpt = _checkpoint(args.target, args.checkpoint)
+    if args.labels or args.images:
+        if not (args.labels and args.images):
+            raise ConfigError("evaluate on an external set needs both --labels CSV and --images DIR")
+        results = evaluate_csv(ckpt, args.labels, args.images)
+    else:
+        _, cfg = load_system(ckpt)
+        run_dir = Path(args.target) if Path(args.target).is_dir() else ckpt.parent.parent
+        splits = run_dir / "splits"  # the run's own split files: exactly the images it was trained against
+        data_cfg = replace(cfg.data, splits=str(splits)) if splits.is_dir() and cfg.data.dataset == "folder" else cfg.data
+        results = evaluate_parts(ckpt, prepare_data(data_cfg), tuple(args.split))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+def cmd_predict(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .runner import predict
+
+    if overrides:
+        raise ConfigError(f"predict takes no config overrides; got {' '.join(overrides)}")
+    out = predict(_checkpoint(args.target, args.checkpoint), args.images, args.out, args.model)
+    print(f"wrote {out}")
+
+
+def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
+    """Train Mean Teacher and CLCP-MT on the synthetic data and print the comparison on its test split."""
+    from .runner import train
+
+    base = load_config(PACKAGED_CONFIGS / "demo.yaml", overrides)
+    rows = []
+    for method in ("mean_teacher", "clcp_mt"):
+        cfg = replace(base, run_dir=str(Path(base.run_dir) / method), method=replace(base.method, name=method))
+        shutil.rmtree(cfg.run_dir, ignore_errors=True)  # the demo's own folder: always a fresh run
+        run_dir = train(cfg)
+        save_config(cfg, run_dir / "config.yaml")
+        m = json.loads((run_dir / "metrics.json").read_text())["testing/teacher"]
+        rows.append((method, m["standard/auc"], m["standard/bacc"], m["standard/f1"], m["srcmt/f1"]))
+    print("\nDemo on SYNTHETIC data (testing split, teacher, best epoch by validation macro AUC):")
+    print(f"{'method':<14}{'macro AUC':>10}{'bal. acc':>10}{'macro F1':>10}{'srcmt F1':>10}")
+    for name, *vals in rows:
+        print(f"{name:<14}" + "".join(f"{v:>10.2f}" for v in vals))
+    print(f"run folders: {base.run_dir}/mean_teacher, {base.run_dir}/clcp_mt (chance balanced accuracy: 14.29)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clcpmt", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a method (config file + overrides)", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--config", help="YAML file or packaged config name (demo, isic2018_cpu, ...)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint (teacher and student) on its splits or a CSV")
+    e.add_argument("target", help="run folder or checkpoint file")
+    e.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint of a run folder")
+    e.add_argument("--split", nargs="+", default=["validation", "testing"], choices=("validation", "testing"))
+    e.add_argument("--labels", help="external label CSV (ISIC one-hot, HAM10000 metadata or image,label)")
+    e.add_argument("--images", help="image folder of --labels")
+    e.add_argument("--out", help="also write the results as JSON here")
+    e.set_defaults(func=cmd_evaluate)
+    pr = sub.add_parser("predict", help="class probabilities for images, as an ISIC submission CSV")
+    pr.add_argument("target", help="run folder or checkpoint file")
+    pr.add_argument("--images", required=True, help="image folder, or a text file with one image path per line")
+    pr.add_argument("--out", required=True, help="CSV to write: image,MEL,NV,...")
+    pr.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    pr.add_argument("--model", default="teacher", choices=("teacher", "student"))
+    pr.set_defaults(func=cmd_predict)
+    d = sub.add_parser("demo", help="Mean Teacher vs CLCP-MT on embedded synthetic data (CPU, minutes)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args, overrides = parser().parse_known_args(argv)
+    try:
+        args.func(args, overrides)
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""One config tree: frozen dataclasses <- YAML file <- `--section.key=value` on the command line.
+
+Written by hand (about 100 lines) rather than with OmegaConf or jsonargparse because we want every error to name
+the file, the full key, what was expected and a close match, and frozen dataclasses as the only result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ISIC_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"  # synthetic | folder
+    images: str = ""  # folder of images (folder datasets)
+    labels: str = ""  # CSV: ISIC one-hot ground truth, HAM10000_metadata.csv, or image,label
+    splits: str = ""  # folder with SRC-MT CSVs (training/validation/testing[, labeled]); "" = draw 7:1:2
+    classes: tuple[str, ...] = ISIC_CLASSES
+    labeled: float = 0.2  # fraction of the training split (< 1) or a count (>= 1)
+    image_size: int = 64
+    center_crop: bool = True  # square centre crop of the short side before resizing (as the ISIC test images)
+    cache_dir: str = ""  # pre-resized image cache; "" = ~/.cache/clcpmt
+    batch_labeled: int = 12
+    batch_unlabeled: int = 36
+    num_workers: int = 2
+    synthetic_size: int = 2000  # images of the synthetic dataset
+    seed: int = 0  # seed of the split and of the labeled draw
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet18"  # any timm model name
+    pretrained: str = "none"  # none | imagenet | path to a weights file
+    proj_dim: int = 128
+    drop_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = "clcp_mt"
+    ema_decay: float = 0.99
+    lambda_mt: float = 1.0
+    lambda_sde: float = 0.1
+    lambda_pl: float = 1.0
+    rampup_epochs: float = 30.0
+    sde_temperature: float = 0.1
+    tau: float = 0.95
+    tau_min: float = 0.5
+    status: str = "confidence"  # confidence | count
+    momentum: float = 0.999
+    warmup_epochs: float = 5.0
+    mt_on_labeled: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    steps_per_epoch: int = 0  # 0 = one pass over the unlabeled images per epoch
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+    schedule: str = "exponential"  # exponential (lr x lr_decay each epoch) | cosine
+    lr_decay: float = 0.9
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    channels_last: bool = False
+    seed: int = 0
+    monitor: str = "val/auc"  # validation metric that picks the best checkpoint (never a test metric)
+    accelerator: str = "auto"
+    devices: str = "auto"
+    progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    run_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES = {
+    "data.dataset": ("synthetic", "folder"),
+    "method.status": ("confidence", "count"),
+    "train.schedule": ("exponential", "cosine"),
+    "train.precision": ("32-true", "bf16-mixed", "16-mixed"),
+    "train.monitor": ("val/auc", "val/bacc", "val/f1"),
+}
+
+
+def _coerce(value: Any, kind: Any, key: str, where: str) -> Any:
+    """Return `value` as type `kind` or raise ConfigError naming `key`."""
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: {key} must be a list; got {value!r}")
+        return tuple(_coerce(v, typing.get_args(kind)[0], key, where) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str | int | float) and not isinstance(value, bool),
+    }[kind]
+    if not ok:
+        raise ConfigError(f"{where}: {key} must be {kind.__name__}; got {value!r}")
+    return kind(value)
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"{where}: unknown key '{prefix}{key}'{hint}")
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        value, kind = data[name], hints[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {prefix}{name} must be a mapping of keys; got {value!r}")
+            kwargs[name] = _build(kind, value, f"{prefix}{name}.", where)
+        else:
+            kwargs[name] = _coerce(value, kind, prefix + name, where)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn `--a.b=1` / `--a.b 1` pairs into a nested dict; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"command line: expected --section.key=value; got '{arg}'")
+        if "=" in arg:
+            key, text = arg[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(args):
+            key, text = arg[2:], args[i + 1]
+            i += 2
+        else:
+            raise ConfigError(f"command line: {arg} has no value")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(text) if text != "" else ""
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- command-line overrides (the command line wins); then validate."""
+    data: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        _build(Config, data, "", str(path))  # file errors name the file
+    cli = parse_overrides(overrides or [])
+    cfg = _build(Config, _merge(data, cli), "", "command line" if cli else str(path or "defaults"))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Check values that types alone cannot, naming the key."""
+    from .methods import METHODS  # imported here: config must stay importable without torch for `--help`
+
+    choices = {**CHOICES, "method.name": tuple(METHODS)}
+    for key, allowed in choices.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got '{value}'{hint}")
+    m = cfg.method
+    if not 0.0 <= m.tau_min <= m.tau <= 1.0:
+        raise ConfigError(f"method.tau_min must be a float in [0, method.tau={m.tau}] and tau <= 1; got {m.tau_min}")
+    if not 0.0 <= m.ema_decay < 1.0 or not 0.0 <= m.momentum < 1.0:
+        raise ConfigError("method.ema_decay and method.momentum must be in [0, 1)")
+    if cfg.data.labeled <= 0:
+        raise ConfigError(f"data.labeled must be a fraction in (0, 1) or a count >= 1; got {cfg.data.labeled}")
+    if cfg.data.dataset == "folder" and not (cfg.data.images and cfg.data.labels):
+        raise ConfigError("data.dataset=folder needs data.images (an image folder) and data.labels (a CSV)")
+    if cfg.data.image_size < 8 or cfg.train.epochs < 1:
+        raise ConfigError("data.image_size must be >= 8 and train.epochs >= 1")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) for YAML and checkpoints."""
+
+    def plain(x: Any) -> Any:
+        return [plain(v) for v in x] if isinstance(x, tuple | list) else x
+
+    return {s: {k: plain(v) for k, v in d.items()} if isinstance(d, dict) else d for s, d in dataclasses.asdict(cfg).items()}
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (readable back by load_config)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from `to_dict` output (e.g. stored in a checkpoint)."""
+    return _build(Config, data, "", "checkpoint")

@@ -1,0 +1,161 @@
+"""Label readers (ISIC one-hot / SRC-MT split CSVs, HAM10000 metadata, image,label) and the pre-resized image cache."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file, line or image."""
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    """Image ids with their labels. targets: (N,) int64 class indices (single-label)."""
+
+    images: tuple[str, ...]
+    targets: np.ndarray
+    classes: tuple[str, ...]
+    source: str
+    lines: tuple[int, ...]  # line of each row in `source`, for error messages
+
+
+def _rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    if not path.is_file():
+        raise DataError(f"label file {path} does not exist")
+    with open(path, newline="", encoding="utf-8-sig") as f:  # newline="" reads CRLF files (SRC-MT) as well
+        rows = [(n, r) for n, r in enumerate(csv.reader(f), start=1) if any(cell.strip() for cell in r)]
+    if not rows:
+        raise DataError(f"{path}: file is empty; expected a header row")
+    return [h.strip() for h in rows[0][1]], rows[1:]
+
+
+def _class_index(name: str, classes: tuple[str, ...], where: str) -> int:
+    lookup = {c.upper(): i for i, c in enumerate(classes)}
+    if name.strip().upper() not in lookup:
+        raise DataError(f"{where}: unknown class '{name}'; expected one of {', '.join(classes)}")
+    return lookup[name.strip().upper()]
+
+
+def _one_hot_row(path: Path, line: int, row: list[str], cols: list[int], classes: tuple[str, ...]) -> int:
+    try:
+        values = [float(row[j]) for j in cols]
+    except (ValueError, IndexError):
+        raise DataError(f"{path}, line {line}: expected {len(classes)} numbers for {', '.join(classes)}") from None
+    hits = [i for i, v in enumerate(values) if v >= 0.5]
+    if len(hits) != 1:
+        raise DataError(f"{path}, line {line}: a single-label row needs exactly one class set to 1; got {values}")
+    return hits[0]
+
+
+def read_labels(path: str | Path, classes: tuple[str, ...]) -> LabelTable:
+    """Read a label CSV, recognised by its header.
+
+    Accepts the ISIC / SRC-MT one-hot format (`image,MEL,NV,...`, any column order), HAM10000's
+    `HAM10000_metadata.csv` (`image_id`, `dx`), or a generic `image,label` file with class names.
+    """
+    path = Path(path)
+    header, rows = _rows(path)
+    images, targets, lines = [], [], []
+    if "image_id" in header and "dx" in header:
+        i_img, i_lab = header.index("image_id"), header.index("dx")
+        parse = lambda n, r: _class_index(r[i_lab], classes, f"{path}, line {n}")  # noqa: E731
+    elif "image" in header and "label" in header:
+        i_img, i_lab = header.index("image"), header.index("label")
+        parse = lambda n, r: _class_index(r[i_lab], classes, f"{path}, line {n}")  # noqa: E731
+    elif "image" in header and all(c in header for c in classes):
+        i_img, cols = header.index("image"), [header.index(c) for c in classes]
+        parse = lambda n, r: _one_hot_row(path, n, r, cols, classes)  # noqa: E731
+    else:
+        raise DataError(
+            f"{path}: unrecognised header {','.join(header)}; expected 'image,{','.join(classes)}' (ISIC one-hot), "
+            "'image_id,dx,...' (HAM10000 metadata) or 'image,label'"
+        )
+    for n, row in rows:
+        if len(row) != len(header):
+            raise DataError(f"{path}, line {n}: expected {len(header)} columns as in the header; got {len(row)}")
+        images.append(row[i_img].strip())
+        targets.append(parse(n, row))
+        lines.append(n)
+    if len(set(images)) != len(images):
+        dup = next(x for x in images if images.count(x) > 1)
+        raise DataError(f"{path}: image '{dup}' is listed more than once")
+    return LabelTable(tuple(images), np.asarray(targets, dtype=np.int64), tuple(classes), str(path), tuple(lines))
+
+
+def resolve_images(table: LabelTable, folder: str | Path) -> list[Path]:
+    """Map each image id of `table` to a file in `folder` (id as given, or id + a known extension)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist")
+    by_stem: dict[str, str] = {}
+    for name in os.listdir(folder):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in IMAGE_EXTENSIONS:
+            by_stem.setdefault(stem, name)
+            by_stem.setdefault(name, name)
+    paths = []
+    for image, line in zip(table.images, table.lines, strict=True):
+        if image not in by_stem:
+            raise DataError(
+                f"{table.source}, line {line}: image '{image}' not found in {folder} "
+                f"(looked for {image} with {', '.join(IMAGE_EXTENSIONS)})"
+            )
+        paths.append(folder / by_stem[image])
+    return paths
+
+
+def load_image(path: str | Path, size: int, center_crop: bool) -> np.ndarray:
+    """Decode one image to (size, size, 3) uint8 RGB; square centre crop of the short side first if asked."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I"):  # 16-bit grayscale (X-rays): scale to 8 bit before RGB
+                arr = np.asarray(img, dtype=np.float32)
+                img = Image.fromarray((arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8))
+            img = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"cannot read image {path}: {e}; is the file complete and an image?") from None
+    if center_crop:
+        w, h = img.size
+        s = min(w, h)
+        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def _load_one(args: tuple[Path, int, bool]) -> np.ndarray:
+    return load_image(*args)
+
+
+def cached_images(paths: list[Path], size: int, center_crop: bool, cache_dir: str | Path = "") -> np.ndarray:
+    """All `paths` decoded and resized once into a memory-mapped (N, size, size, 3) uint8 array.
+
+    The cache file is keyed by the file list, sizes and modification times, and written atomically.
+    """
+    cache_dir = Path(cache_dir or Path.home() / ".cache" / "clcpmt")
+    key = hashlib.sha1(f"{size}|{center_crop}".encode())
+    for p in paths:
+        st = p.stat()
+        key.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    target = cache_dir / f"images_{size}px_{len(paths)}_{key.hexdigest()[:16]}.npy"
+    if not target.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".tmp{os.getpid()}.npy")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+        with Pool(min(os.cpu_count() or 1, 8)) as pool:
+            for i, arr in enumerate(pool.imap(_load_one, [(p, size, center_crop) for p in paths], chunksize=64)):
+                out[i] = arr
+        out.flush()
+        del out
+        os.replace(tmp, target)
+    return np.load(target, mmap_mode="r")

@@ -1,0 +1,103 @@
+"""Every loss of SPEC §3 as a pure function (tensors in, tensor out), plus the ramp-up and the EMA teacher update.
+
+`task` is "single" (softmax, class indices) or "multi" (sigmoid, 0/1 matrices): a property of the data, not a fork.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def probabilities(logits: torch.Tensor, task: str = "single") -> torch.Tensor:
+    """logits: (B, C) -> softmax (single-label) or sigmoid (multi-label) probabilities, in fp32."""
+    logits = logits.float()
+    return logits.softmax(dim=1) if task == "single" else logits.sigmoid()
+
+
+def supervised_loss(logits: torch.Tensor, targets: torch.Tensor, task: str = "single") -> torch.Tensor:
+    """L_sup (SPEC §3.1): CE on class indices (B,) or BCE on 0/1 targets (B, C); logits: (B, C)."""
+    if task == "single":
+        return F.cross_entropy(logits.float(), targets)
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+
+
+def consistency_loss(p_student: torch.Tensor, p_teacher: torch.Tensor) -> torch.Tensor:
+    """L_mt (SPEC §3.2): mean over the batch of ||p_S - p_T||^2. p_*: (B, C); the teacher side is detached."""
+    return ((p_student - p_teacher.detach()) ** 2).sum(dim=1).mean()
+
+
+def _positive_weights(labels: torch.Tensor, task: str) -> torch.Tensor:
+    """(N, N) positive weights: 1 for the same class (single); Jaccard overlap of label sets (multi)."""
+    if task == "single":
+        return (labels[:, None] == labels[None, :]).float()
+    y = labels.float()  # (N, C) 0/1
+    inter = y @ y.T
+    union = y.sum(1)[:, None] + y.sum(1)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))  # "No Finding" pairs: 1
+
+
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, task: str = "single") -> torch.Tensor:
+    """L_sde (SPEC §3.3): supervised contrastive loss over the labeled views.
+
+    Args:
+        z: (N, D) L2-normalised projections of the 2·B_L labeled views.
+        labels: (N,) class indices, or (N, C) 0/1 finding matrix for multi-label (Jaccard-weighted positives).
+
+    Anchors without any positive are left out of the mean; no anchor has one -> 0 (still in the graph).
+    """
+    with torch.autocast(device_type=z.device.type, enabled=False):  # fp32: exp(1/0.1) overflows fp16
+        z = z.float()
+        n = z.shape[0]
+        self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+        sim = (z @ z.T / temperature).masked_fill(self_mask, float("-inf"))  # (N, N), a != i
+        log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)  # logsumexp subtracts the row max
+        weights = _positive_weights(labels, task).masked_fill(self_mask, 0.0)  # (N, N)
+        has_pos = weights.sum(1) > 0
+        per_anchor = -(weights * log_prob.masked_fill(self_mask, 0.0)).sum(1) / weights.sum(1).clamp_min(1e-12)
+        if not has_pos.any():
+            return z.sum() * 0.0
+        return per_anchor[has_pos].mean()
+
+
+def pseudo_label_loss(logits: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor, task: str = "single") -> torch.Tensor:
+    """L_capr (SPEC §3.4): masked CE/BCE of the student's view to pseudo-labels, averaged over all B_U samples.
+
+    Args:
+        logits: (B_U, C) student logits on u^s.
+        pseudo: (B_U,) class indices (single) or (B_U, C) 0/1 (multi).
+        mask: (B_U,) or (B_U, C) 1 where the pseudo-label is kept.
+    """
+    if task == "single":
+        per_sample = F.cross_entropy(logits.float(), pseudo, reduction="none")  # (B_U,)
+        return (per_sample * mask.float()).sum() / logits.shape[0]
+    per_pair = F.binary_cross_entropy_with_logits(logits.float(), pseudo.float(), reduction="none")  # (B_U, C)
+    return (per_pair * mask.float()).sum() / per_pair.numel()
+
+
+def ramp_up(epoch: float, length: float) -> float:
+    """w(t) = exp(-5 (1 - t/T_r)^2) for t < T_r, then 1 (SPEC §3.5); length <= 0 means no ramp."""
+    if length <= 0 or epoch >= length:
+        return 1.0
+    return math.exp(-5.0 * (1.0 - max(epoch, 0.0) / length) ** 2)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float, step: int) -> float:
+    """Teacher <- a·teacher + (1 - a)·student with the warm start a = min(1 - 1/(step + 1), decay) (SPEC §2).
+
+    Floating buffers (BatchNorm statistics) are averaged the same way, integer buffers copied. Hand-written because
+    timm's ModelEma uses another warm-up formula. Returns the a used.
+    """
+    alpha = min(1.0 - 1.0 / (step + 1), decay)
+    for t_par, s_par in zip(teacher.parameters(), student.parameters(), strict=True):
+        t_par.lerp_(s_par.detach(), 1.0 - alpha)
+    for t_buf, s_buf in zip(teacher.buffers(), student.buffers(), strict=True):
+        if t_buf.dtype.is_floating_point:
+            t_buf.lerp_(s_buf, 1.0 - alpha)
+        else:
+            t_buf.copy_(s_buf)
+    return alpha

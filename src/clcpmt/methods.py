@@ -1,0 +1,163 @@
+"""Methods (SPEC §3-§4): each is a loss of a batch. One step function holds the whole equation
+
+    L = L_sup + w(t)·λ_mt·L_mt + λ_sde·L_sde + w(t)·λ_pl·L_pl
+
+and a method is the recipe of which terms it uses (the paper's ablation rows are exactly these recipes).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .losses import consistency_loss, probabilities, pseudo_label_loss, ramp_up, supcon_loss, supervised_loss
+from .thresholds import (
+    CAPRThreshold,
+    FixedThreshold,
+    FlexMatchThreshold,
+    FreeMatchThreshold,
+    select_pseudo_labels,
+)
+
+
+@dataclass
+class SSLBatch:
+    """One training batch. x1, x2: (B_L, 3, H, W) two weak views; y: (B_L,) or (B_L, C).
+
+    u_weak: (B_U, 3, H, W) teacher's weak view; u_student: the student's view (strong or weak);
+    u_index: (B_U,) positions in the unlabeled set; u_hidden: (B_U,) true labels for logging only (-1 unknown).
+    """
+
+    x1: torch.Tensor
+    x2: torch.Tensor
+    y: torch.Tensor
+    u_weak: torch.Tensor | None = None
+    u_student: torch.Tensor | None = None
+    u_index: torch.Tensor | None = None
+    u_hidden: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    epoch: float  # fractional epochs since the start
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    logs: dict[str, torch.Tensor]
+    pseudo: torch.Tensor | None = None  # (B_U,) pseudo-labels, for per-class logging
+    mask: torch.Tensor | None = None  # (B_U,) kept
+    thresholds: torch.Tensor | None = None  # (C,)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Which terms of the total loss a method uses."""
+
+    consistency: bool = False  # L_mt, Mean Teacher
+    contrastive: bool = False  # L_sde, SupCon on the labeled views
+    threshold: str | None = None  # pseudo-label rule: fixed | flexmatch | freematch | capr
+    pl_source: str = "teacher"  # teacher: EMA teacher on u^w, ramped; student: own weak view, constant weight
+    strong: bool = True  # student sees a strong view of the unlabeled images
+
+    @property
+    def unlabeled(self) -> bool:
+        return self.consistency or self.threshold is not None
+
+
+# FixMatch / FlexMatch / FreeMatch pseudo-label from the student's own weak view with a constant weight, as
+# published; the EMA teacher is still kept for evaluation (as USB does).
+METHODS: dict[str, Recipe] = {
+    "supervised": Recipe(),
+    "mean_teacher": Recipe(consistency=True, strong=False),
+    "mt_sde": Recipe(consistency=True, contrastive=True, strong=False),
+    "mt_capr": Recipe(consistency=True, threshold="capr"),
+    "fixmatch": Recipe(threshold="fixed", pl_source="student"),
+    "flexmatch": Recipe(threshold="flexmatch", pl_source="student"),
+    "freematch": Recipe(threshold="freematch", pl_source="student"),
+    "clcp_mt": Recipe(consistency=True, contrastive=True, threshold="capr"),
+}
+
+
+def build_rule(name: str, num_classes: int, num_unlabeled: int, tau: float, tau_min: float, momentum: float,
+               warmup_epochs: float, status: str, task: str) -> nn.Module:
+    """The threshold rule called `name`."""
+    if name == "fixed":
+        return FixedThreshold(num_classes, tau)
+    if name == "flexmatch":
+        return FlexMatchThreshold(num_classes, num_unlabeled, tau)
+    if name == "freematch":
+        return FreeMatchThreshold(num_classes, momentum)
+    if name == "capr":
+        return CAPRThreshold(num_classes, num_unlabeled, tau, tau_min, momentum, warmup_epochs, status, task)
+    raise ValueError(f"unknown threshold rule '{name}'; expected fixed, flexmatch, freematch or capr")
+
+
+class SSLMethod(nn.Module):
+    """A method = a recipe + its weights + its threshold rule (whose state is saved with this module)."""
+
+    def __init__(self, recipe: Recipe, num_classes: int, num_unlabeled: int = 0, task: str = "single",
+                 lambda_mt: float = 1.0, lambda_sde: float = 0.1, lambda_pl: float = 1.0, rampup_epochs: float = 30.0,
+                 sde_temperature: float = 0.1, tau: float = 0.95, tau_min: float = 0.5, momentum: float = 0.999,
+                 warmup_epochs: float = 5.0, status: str = "confidence", mt_on_labeled: bool = True) -> None:
+        super().__init__()
+        self.recipe, self.task = recipe, task
+        self.lambda_mt, self.lambda_sde, self.lambda_pl = lambda_mt, lambda_sde, lambda_pl
+        self.rampup_epochs, self.sde_temperature, self.mt_on_labeled = rampup_epochs, sde_temperature, mt_on_labeled
+        self.rule = None
+        if recipe.threshold:
+            self.rule = build_rule(recipe.threshold, num_classes, num_unlabeled, tau, tau_min, momentum,
+                                   warmup_epochs, status, task)
+
+    def step(self, b: SSLBatch, student: nn.Module, teacher: nn.Module, progress: Progress) -> StepOutput:
+        """Total loss of one batch and its parts. Never calls backward; the teacher only runs under no_grad."""
+        r, task, n_l = self.recipe, self.task, b.x1.shape[0]
+        own_weak = r.threshold is not None and r.pl_source == "student"
+        views = [b.x1, b.x2] + ([b.u_student] if r.unlabeled else []) + ([b.u_weak] if own_weak else [])
+        logits, z = student(torch.cat(views))
+        y2 = torch.cat([b.y, b.y])
+        loss = supervised_loss(logits[: 2 * n_l], y2, task)
+        logs = {"loss/sup": loss.detach()}
+        out = StepOutput(loss, logs)
+        if not r.unlabeled and not r.contrastive:
+            return out
+        n_u = b.u_weak.shape[0] if r.unlabeled else 0
+        logits_us = logits[2 * n_l: 2 * n_l + n_u]  # (B_U, C) student on u^s
+        w = ramp_up(progress.epoch, self.rampup_epochs)
+        logs["ramp"] = torch.tensor(w)
+        if r.consistency or (r.threshold and r.pl_source == "teacher"):
+            with torch.no_grad():
+                t_in = [b.u_weak] + ([b.x2] if r.consistency and self.mt_on_labeled else [])
+                p_teacher = probabilities(teacher(torch.cat(t_in))[0], task)  # (B_U [+ B_L], C)
+        if r.consistency:
+            p_student = probabilities(torch.cat([logits_us, logits[:n_l]] if self.mt_on_labeled else [logits_us]), task)
+            logs["loss/mt"] = consistency_loss(p_student, p_teacher)
+            out.loss = out.loss + w * self.lambda_mt * logs["loss/mt"]
+        if r.contrastive:
+            logs["loss/sde"] = supcon_loss(z[: 2 * n_l], y2, self.sde_temperature, task)
+            out.loss = out.loss + self.lambda_sde * logs["loss/sde"]
+        if r.threshold:
+            p_pl = p_teacher[:n_u] if r.pl_source == "teacher" else probabilities(logits[-n_u:].detach(), task)
+            self.rule.update(p_pl, b.u_index)
+            out.thresholds = self.rule.thresholds(progress.epoch).to(p_pl.device)
+            out.pseudo, out.mask = select_pseudo_labels(p_pl, out.thresholds, task)
+            logs["loss/pl"] = pseudo_label_loss(logits_us, out.pseudo, out.mask, task)
+            logs["mask_rate"] = out.mask.float().mean()
+            out.loss = out.loss + (w if r.pl_source == "teacher" else 1.0) * self.lambda_pl * logs["loss/pl"]
+        for key in logs:
+            logs[key] = logs[key].detach()
+        return out
+
+
+def build_method(name: str, num_classes: int, num_unlabeled: int = 0, task: str = "single", **hparams: float) -> SSLMethod:
+    """The method called `name` (a key of METHODS) with its hyper-parameters (MethodConfig fields)."""
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, METHODS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown method '{name}'; expected one of {', '.join(METHODS)}{hint}")
+    return SSLMethod(METHODS[name], num_classes, num_unlabeled, task, **hparams)

@@ -1,0 +1,68 @@
+"""The student (SPEC §2): a timm backbone -> pooled feature h -> classifier logits and an L2-normalised projection z."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class Student(nn.Module):
+    """Backbone + linear classifier + projection head g (MLP d -> d -> proj_dim) used only by SupCon."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, proj_dim: int = 128) -> None:
+        super().__init__()
+        self.backbone = backbone
+        d = backbone.num_features
+        self.classifier = nn.Linear(d, num_classes)
+        self.projector = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, proj_dim))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, 3, H, W) -> logits (B, C), z (B, proj_dim) L2-normalised."""
+        h = self.backbone(x)  # (B, d) pooled: timm models built with num_classes=0
+        z = F.normalize(self.projector(h).float(), dim=1)
+        return self.classifier(h), z
+
+
+def create_student(backbone: str = "resnet18", num_classes: int = 7, pretrained: str = "none",
+                   proj_dim: int = 128, drop_rate: float = 0.0, in_chans: int = 3) -> tuple[Student, str]:
+    """Build the student from any timm model name.
+
+    Args:
+        pretrained: "none" (random init), "imagenet" (timm's weights, needs the network or a warm cache),
+            or a path to a local weights file (.pth / .safetensors) for that architecture.
+
+    Returns:
+        The student and a sentence saying where its backbone weights came from (log it; never fall back silently).
+    """
+    if backbone not in timm.list_models():
+        import difflib
+
+        close = difflib.get_close_matches(backbone, timm.list_models(), n=3)
+        raise ValueError(f"model.backbone: unknown timm model '{backbone}'; close matches: {', '.join(close) or '-'}")
+    kwargs = dict(num_classes=0, drop_rate=drop_rate, in_chans=in_chans)
+    if pretrained == "none":
+        net, source = timm.create_model(backbone, pretrained=False, **kwargs), "random init (model.pretrained=none)"
+    elif pretrained == "imagenet":
+        try:
+            net = timm.create_model(backbone, pretrained=True, **kwargs)
+        except Exception as e:  # timm raises several network/hub error types; all mean "not loaded"
+            raise RuntimeError(
+                f"model.pretrained=imagenet: could not load ImageNet weights for {backbone} ({type(e).__name__}: {e}). "
+                "Without network access, pass a local file: model.pretrained=/path/to/weights.pth"
+            ) from None
+        source = f"ImageNet weights from timm's hub ({net.pretrained_cfg.get('hf_hub_id') or backbone})"
+    else:
+        path = Path(pretrained)
+        if not path.is_file():
+            raise FileNotFoundError(f"model.pretrained: weights file {path} does not exist")
+        net = timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        source = f"weights from local file {path}"
+    log.info("backbone %s: %s", backbone, source)
+    return Student(net, num_classes, proj_dim), source

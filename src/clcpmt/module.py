@@ -1,0 +1,116 @@
+"""SSLModule: the Lightning system around a method: EMA teacher, optimiser, validation, logging. No equations here."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import torch
+from torchmetrics import CatMetric
+
+from .losses import ema_update, probabilities
+from .methods import Progress, SSLBatch, SSLMethod
+from .metrics import standard_metrics
+from .model import Student
+
+
+class SSLModule(L.LightningModule):
+    """Trains `student` with `method`; the teacher is the student's EMA and is what `forward` runs."""
+
+    def __init__(self, student: Student, method: SSLMethod, classes: tuple[str, ...], config: dict | None = None,
+                 ema_decay: float = 0.99, lr: float = 1e-4, weight_decay: float = 5e-4, schedule: str = "exponential",
+                 lr_decay: float = 0.9, epochs: int = 30, steps_per_epoch: int = 1, channels_last: bool = False,
+                 task: str = "single") -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["student", "method"])
+        self.student, self.method, self.classes, self.task = student, method, tuple(classes), task
+        self.teacher = copy.deepcopy(student).requires_grad_(False)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.student.to(memory_format=torch.channels_last)
+            self.teacher.to(memory_format=torch.channels_last)
+        self.val_probs = {k: CatMetric() for k in ("teacher", "student")}
+        self.val_targets = CatMetric()
+        self._val_metrics = torch.nn.ModuleDict({**self.val_probs, "targets": self.val_targets})
+        self._reset_pl_stats()
+
+    def train(self, mode: bool = True) -> SSLModule:
+        super().train(mode)
+        self.teacher.eval()  # the teacher uses its EMA BatchNorm statistics, also while the student trains
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Teacher probabilities (N, C) for images x (N, 3, H, W)."""
+        return probabilities(self.teacher(x.to(memory_format=self.memory_format))[0], self.task)
+
+    def _batch(self, batch: dict) -> SSLBatch:
+        x1, x2, y = batch["labeled"]
+        fmt = self.memory_format
+        b = SSLBatch(x1.to(memory_format=fmt), x2.to(memory_format=fmt), y)
+        if "unlabeled" in batch:
+            uw, us, hidden, index = batch["unlabeled"]
+            b.u_weak, b.u_student = uw.to(memory_format=fmt), us.to(memory_format=fmt)
+            b.u_index, b.u_hidden = index, hidden
+        return b
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        b = self._batch(batch)
+        progress = Progress(self.global_step, self.current_epoch + batch_idx / self.hparams.steps_per_epoch)
+        out = self.method.step(b, self.student, self.teacher, progress)
+        self.log_dict({f"train/{k}": v for k, v in out.logs.items()}, on_step=False, on_epoch=True,
+                      batch_size=b.x1.shape[0])
+        if out.mask is not None and self.task == "single":
+            self._accumulate_pl_stats(out, b.u_hidden)
+        return out.loss
+
+    def on_train_batch_end(self, outputs: object, batch: dict, batch_idx: int) -> None:
+        ema_update(self.teacher, self.student, self.hparams.ema_decay, self.global_step - 1)
+
+    def _reset_pl_stats(self) -> None:
+        self.pl_stats = torch.zeros(3, len(self.classes))  # predicted, accepted, accepted & correct
+        self.last_thresholds: torch.Tensor | None = None
+
+    def _accumulate_pl_stats(self, out: object, hidden: torch.Tensor) -> None:
+        c = len(self.classes)
+        pseudo, mask = out.pseudo.cpu(), out.mask.cpu()
+        correct = mask & (pseudo == hidden.cpu())
+        self.pl_stats[0] += torch.bincount(pseudo, minlength=c)
+        self.pl_stats[1] += torch.bincount(pseudo[mask], minlength=c)
+        self.pl_stats[2] += torch.bincount(pseudo[correct], minlength=c)
+        self.last_thresholds = out.thresholds.detach().cpu()
+
+    def on_train_epoch_end(self) -> None:
+        """Per class: threshold, acceptance rate among samples predicted c, precision of accepted pseudo-labels."""
+        if self.last_thresholds is not None:
+            predicted, accepted, correct = self.pl_stats
+            for i, name in enumerate(self.classes):
+                self.log(f"threshold/{name}", self.last_thresholds[i].item())
+                self.log(f"accept_rate/{name}", (accepted[i] / predicted[i]).item() if predicted[i] else 0.0)
+                self.log(f"pl_precision/{name}", (correct[i] / accepted[i]).item() if accepted[i] else float("nan"))
+        self._reset_pl_stats()
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        x, y = batch
+        x = x.to(memory_format=self.memory_format)
+        self.val_probs["teacher"].update(probabilities(self.teacher(x)[0], self.task))
+        self.val_probs["student"].update(probabilities(self.student(x)[0], self.task))
+        self.val_targets.update(y)
+
+    def on_validation_epoch_end(self) -> None:
+        targets = self.val_targets.compute().long()
+        for who, metric in self.val_probs.items():
+            probs = metric.compute().reshape(len(targets), -1)
+            m = standard_metrics(probs, targets)
+            prefix = "val" if who == "teacher" else "val_student"
+            self.log_dict({f"{prefix}/{k}": m[k] for k in ("auc", "bacc", "f1")}, sync_dist=False)
+            metric.reset()
+        self.val_targets.reset()
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        opt = torch.optim.Adam(self.student.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.epochs * hp.steps_per_epoch)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=hp.lr_decay)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

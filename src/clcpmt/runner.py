@@ -1,0 +1,176 @@
+"""Train, evaluate and predict: what the CLI commands do, as plain functions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from .config import Config, config_from_dict, save_config, to_dict
+from .data.datamodule import EvalImages, PreparedData, SSLDataModule, prepare_data
+from .data.readers import IMAGE_EXTENSIONS, DataError, cached_images, read_labels, resolve_images
+from .losses import probabilities
+from .methods import METHODS, build_method
+from .metrics import format_report, srcmt_metrics, standard_metrics
+from .model import create_student
+from .module import SSLModule
+
+log = logging.getLogger("clcpmt")
+
+
+def build_system(cfg: Config, classes: tuple[str, ...], num_unlabeled: int, steps_per_epoch: int) -> SSLModule:
+    """Student (timm backbone) + method + Lightning system, as cfg says."""
+    student, source = create_student(cfg.model.backbone, len(classes), cfg.model.pretrained, cfg.model.proj_dim,
+                                     cfg.model.drop_rate)
+    m = cfg.method
+    method = build_method(m.name, len(classes), num_unlabeled, "single", lambda_mt=m.lambda_mt,
+                          lambda_sde=m.lambda_sde, lambda_pl=m.lambda_pl, rampup_epochs=m.rampup_epochs,
+                          sde_temperature=m.sde_temperature, tau=m.tau, tau_min=m.tau_min, momentum=m.momentum,
+                          warmup_epochs=m.warmup_epochs, status=m.status, mt_on_labeled=m.mt_on_labeled)
+    t = cfg.train
+    module = SSLModule(student, method, classes, to_dict(cfg), m.ema_decay, t.lr, t.weight_decay, t.schedule,
+                       t.lr_decay, t.epochs, steps_per_epoch, t.channels_last)
+    module.weights_source = source
+    return module
+
+
+def train(cfg: Config, resume: bool = False) -> Path:
+    """Fit cfg's method, then evaluate the best checkpoint on validation and testing. Returns the run folder."""
+    run_dir = Path(cfg.run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not resume and last.exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
+                              "or choose another run_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    data = prepare_data(cfg.data)
+    data.write_splits(run_dir / "splits")
+    save_config(cfg, run_dir / "config.yaml")
+    recipe = METHODS[cfg.method.name]
+    dm = SSLDataModule(data, cfg.data.image_size, cfg.data.batch_labeled, cfg.data.batch_unlabeled,
+                       cfg.train.steps_per_epoch, cfg.data.num_workers, recipe.unlabeled, recipe.strong)
+    module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), dm.steps_per_epoch)
+    log.info("run %s: method %s, backbone %s (%s); %d labeled, %d unlabeled, %d validation, %d testing images",
+             run_dir, cfg.method.name, cfg.model.backbone, module.weights_source,
+             *(len(data.parts[p]) for p in ("labeled", "unlabeled", "validation", "testing")))
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.train.monitor, mode="max",
+                           save_last=True, save_top_k=1)
+    trainer = L.Trainer(
+        max_epochs=cfg.train.epochs, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
+        precision=cfg.train.precision, callbacks=[best], default_root_dir=run_dir, num_sanity_val_steps=0,
+        logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")],
+        enable_progress_bar=cfg.train.progress_bar, log_every_n_steps=10, enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
+    results = evaluate_parts(best.best_model_path or str(last), data, ("validation", "testing"))
+    (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    return run_dir
+
+
+def load_system(checkpoint: str | Path) -> tuple[SSLModule, Config]:
+    """Rebuild the system stored in a checkpoint (its config travels inside it)."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    cfg = config_from_dict(ckpt["hyper_parameters"]["config"])
+    cfg = replace(cfg, model=replace(cfg.model, pretrained="none"))  # the weights come from the checkpoint
+    hp = ckpt["hyper_parameters"]
+    module = build_system(cfg, tuple(hp["classes"]), _table_size(ckpt), hp["steps_per_epoch"])
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval(), cfg
+
+
+def _table_size(ckpt: dict) -> int:
+    """Unlabeled-set size, from the count-status table when the checkpoint has one."""
+    tables = [v for k, v in ckpt["state_dict"].items() if k.endswith("status.table")]
+    return len(tables[0]) if tables else 0
+
+
+@torch.no_grad()
+def predict_probs(module: SSLModule, images: np.ndarray, index: np.ndarray) -> dict[str, torch.Tensor]:
+    """Teacher and student probabilities (N, C) for images[index]."""
+    loader = DataLoader(EvalImages(images, np.zeros(len(images), dtype=np.int64), index), batch_size=128)
+    out: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
+    for x, _ in loader:
+        x = x.to(memory_format=module.memory_format)
+        out["teacher"].append(module(x))
+        out["student"].append(probabilities(module.student(x)[0], module.task))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def summarize(probs: torch.Tensor, targets: torch.Tensor, classes: tuple[str, ...]) -> dict:
+    """Both protocols as plain floats (percent), per-class values keyed by class name."""
+    s, m = standard_metrics(probs, targets), srcmt_metrics(probs, targets)
+    out = {f"standard/{k}": 100 * float(s[k]) for k in ("auc", "bacc", "f1")}
+    out |= {f"srcmt/{k}": 100 * float(v) for k, v in m.items()}
+    for key in ("auc_c", "sens_c", "spec_c", "f1_c"):
+        out |= {f"{key[:-2]}/{c}": 100 * float(v) for c, v in zip(classes, s[key], strict=True)}
+    out["confusion"] = s["confusion"].tolist()
+    return out
+
+
+def evaluate_parts(checkpoint: str | Path, data: PreparedData, parts: tuple[str, ...], verbose: bool = True) -> dict:
+    """Evaluate teacher and student of `checkpoint` on parts of `data`; prints the reports."""
+    module, _ = load_system(checkpoint)
+    results: dict = {"checkpoint": str(checkpoint)}
+    for part in parts:
+        probs = predict_probs(module, data.images, data.parts[part])
+        targets = torch.as_tensor(data.targets[data.parts[part]])
+        for who, p in probs.items():
+            results[f"{part}/{who}"] = summarize(p, targets, data.classes)
+            if verbose:
+                print(format_report(p, targets, data.classes, f"{part}, {who} ({Path(checkpoint).name})"))
+    return results
+
+
+def evaluate_csv(checkpoint: str | Path, labels: str | Path, images: str | Path) -> dict:
+    """Evaluate on an external labeled set: a label CSV (any supported format) and its image folder."""
+    module, cfg = load_system(checkpoint)
+    table = read_labels(labels, tuple(module.classes))
+    array = cached_images(resolve_images(table, images), cfg.data.image_size, cfg.data.center_crop, cfg.data.cache_dir)
+    data = PreparedData(tuple(module.classes), list(table.images), array, table.targets,
+                        {"external": np.arange(len(table.images))})
+    return evaluate_parts(checkpoint, data, ("external",))
+
+
+def list_images(source: str | Path) -> list[Path]:
+    """Image files of a folder, or the paths listed one per line in a text file."""
+    source = Path(source)
+    if source.is_dir():
+        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    elif source.is_file():
+        paths = [Path(line.strip()) for line in source.read_text().splitlines() if line.strip()]
+        for n, p in enumerate(paths, start=1):
+            if not p.is_file():
+                raise DataError(f"{source}, line {n}: image {p} does not exist")
+    else:
+        raise DataError(f"{source} is neither an image folder nor a text file listing images")
+    if not paths:
+        raise DataError(f"{source}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)})")
+    return paths
+
+
+def predict(checkpoint: str | Path, source: str | Path, out: str | Path, model: str = "teacher") -> Path:
+    """Write class probabilities in the ISIC submission format: image + one column per class."""
+    module, cfg = load_system(checkpoint)
+    paths = list_images(source)
+    array = cached_images(paths, cfg.data.image_size, cfg.data.center_crop, cfg.data.cache_dir)
+    probs = predict_probs(module, array, np.arange(len(paths)))[model]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = ["image," + ",".join(module.classes)]
+    rows += [p.stem + "," + ",".join(f"{v:.6f}" for v in row) for p, row in zip(paths, probs.tolist(), strict=True)]
+    out.write_text("\n".join(rows) + "\n")
+    return out

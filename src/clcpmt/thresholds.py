@@ -1,0 +1,188 @@
+"""Pseudo-label threshold rules (SPEC §3.4, §4): pure functions, and one small stateful module per rule.
+
+A rule's state lives in `register_buffer`s (so checkpoints and `.to()` carry it). The method calls, in this order:
+`rule.update(probs, index)` with the batch's pseudo-labelling probabilities, then `rule.thresholds(epoch)`, then
+`select_pseudo_labels(probs, thresholds)`. Updates use the batch only (O(B_U)) and all-reduce across processes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def warp(x: torch.Tensor) -> torch.Tensor:
+    """FlexMatch's convex mapping M(x) = x / (2 - x)."""
+    return x / (2.0 - x)
+
+
+def capr_thresholds(beta: torch.Tensor, tau: float = 0.95, tau_min: float = 0.5) -> torch.Tensor:
+    """T(c) = clip(tau · M(beta(c)), tau_min, tau). beta: (C,) learning status in [0, 1]."""
+    return (tau * warp(beta)).clamp(min=tau_min, max=tau)
+
+
+def flexmatch_thresholds(beta: torch.Tensor, tau: float = 0.95) -> torch.Tensor:
+    """FlexMatch: T(c) = tau · M(beta(c)), no floor."""
+    return tau * warp(beta)
+
+
+def freematch_thresholds(global_conf: torch.Tensor, class_probs: torch.Tensor) -> torch.Tensor:
+    """FreeMatch: T(c) = MaxNorm(p~)(c) · tau_t. global_conf: () EMA of max confidence; class_probs: (C,)."""
+    return class_probs / class_probs.max() * global_conf
+
+
+def select_pseudo_labels(probs: torch.Tensor, thresholds: torch.Tensor, task: str = "single",
+                         negative_threshold: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo-labels and the keep-mask.
+
+    Single-label: pseudo = argmax p (B,), kept when max p >= T(pseudo). Multi-label: per finding, positive when
+    p >= T(c), negative when p <= negative_threshold; mask (B, C) marks both.
+    """
+    if task == "single":
+        conf, pseudo = probs.max(dim=1)
+        return pseudo, conf >= thresholds[pseudo]
+    positive = probs >= thresholds[None, :]
+    return positive.float(), positive | (probs <= negative_threshold)
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def _all_gather(t: torch.Tensor) -> torch.Tensor:
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.contiguous())
+    return torch.cat(out)
+
+
+class FixedThreshold(nn.Module):
+    """FixMatch: the same threshold tau for every class, no state."""
+
+    def __init__(self, num_classes: int, tau: float = 0.95) -> None:
+        super().__init__()
+        self.num_classes, self.tau = num_classes, tau
+
+    def update(self, probs: torch.Tensor, index: torch.Tensor) -> None:
+        """Nothing to track."""
+
+    def thresholds(self, epoch: float) -> torch.Tensor:
+        return torch.full((self.num_classes,), self.tau)
+
+
+class ConfidenceStatus(nn.Module):
+    """sigma(c) = m·sigma(c) + (1-m)·(batch mean confidence of samples predicted c); absent classes keep their value.
+
+    Multi-label: the batch mean of p_c over samples with p_c >= 0.5.
+    """
+
+    def __init__(self, num_classes: int, momentum: float = 0.999, task: str = "single") -> None:
+        super().__init__()
+        self.momentum, self.task = momentum, task
+        self.register_buffer("sigma", torch.full((num_classes,), 1.0 / num_classes))
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor, index: torch.Tensor) -> None:
+        if self.task == "single":
+            conf, pred = probs.max(dim=1)
+            stats = torch.zeros(2, probs.shape[1], device=probs.device)
+            stats[0].index_add_(0, pred, conf.float())
+            stats[1].index_add_(0, pred, torch.ones_like(conf, dtype=torch.float))
+        else:
+            confident = (probs >= 0.5).float()
+            stats = torch.stack([(probs * confident).sum(0), confident.sum(0)]).float()
+        stats = _all_reduce_sum(stats)  # (2, C): sums of confidence, counts
+        seen = stats[1] > 0
+        mean = stats[0][seen] / stats[1][seen]
+        self.sigma[seen] = self.momentum * self.sigma[seen] + (1 - self.momentum) * mean.to(self.sigma.dtype)
+
+    def beta(self) -> torch.Tensor:
+        return self.sigma / self.sigma.max()
+
+
+class CountStatus(nn.Module):
+    """FlexMatch's curriculum: sigma(c) = #unlabeled samples whose latest confident (q >= tau) prediction is c.
+
+    The never-confident samples enter the max of the normalisation (FlexMatch's threshold warm-up).
+    """
+
+    def __init__(self, num_classes: int, num_unlabeled: int, tau: float = 0.95) -> None:
+        super().__init__()
+        self.num_classes, self.tau = num_classes, tau
+        self.register_buffer("table", torch.full((num_unlabeled,), -1, dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor, index: torch.Tensor) -> None:
+        conf, pred = probs.max(dim=1)
+        pred = torch.where(conf >= self.tau, pred, torch.full_like(pred, -1))
+        index, pred = _all_gather(index.to(self.table.device)), _all_gather(pred.to(self.table.device))
+        confident = pred >= 0
+        self.table[index[confident]] = pred[confident]
+
+    def beta(self) -> torch.Tensor:
+        counts = torch.bincount(self.table[self.table >= 0], minlength=self.num_classes).float()
+        unused = (self.table < 0).sum().float()
+        return counts / torch.maximum(counts.max(), unused).clamp_min(1.0)
+
+
+class CAPRThreshold(nn.Module):
+    """CAPR (SPEC §3.4): thresholds held at tau for `warmup_epochs`, then clip(tau·M(beta), tau_min, tau)."""
+
+    def __init__(self, num_classes: int, num_unlabeled: int, tau: float = 0.95, tau_min: float = 0.5,
+                 momentum: float = 0.999, warmup_epochs: float = 5.0, status: str = "confidence",
+                 task: str = "single") -> None:
+        super().__init__()
+        self.tau, self.tau_min, self.warmup_epochs = tau, tau_min, warmup_epochs
+        if status == "confidence":
+            self.status: nn.Module = ConfidenceStatus(num_classes, momentum, task)
+        else:
+            self.status = CountStatus(num_classes, num_unlabeled, tau)
+
+    def update(self, probs: torch.Tensor, index: torch.Tensor) -> None:
+        self.status.update(probs, index)  # statistics are collected during the warm-up as well
+
+    def thresholds(self, epoch: float) -> torch.Tensor:
+        beta = self.status.beta()
+        if epoch < self.warmup_epochs:
+            return torch.full_like(beta, self.tau)
+        return capr_thresholds(beta, self.tau, self.tau_min)
+
+
+class FlexMatchThreshold(nn.Module):
+    """FlexMatch: tau · M(beta) with the count status; starts at 0 (every pseudo-label accepted at step 0)."""
+
+    def __init__(self, num_classes: int, num_unlabeled: int, tau: float = 0.95) -> None:
+        super().__init__()
+        self.tau = tau
+        self.status = CountStatus(num_classes, num_unlabeled, tau)
+
+    def update(self, probs: torch.Tensor, index: torch.Tensor) -> None:
+        self.status.update(probs, index)
+
+    def thresholds(self, epoch: float) -> torch.Tensor:
+        return flexmatch_thresholds(self.status.beta(), self.tau)
+
+
+class FreeMatchThreshold(nn.Module):
+    """FreeMatch's self-adaptive thresholds: EMA of the global max confidence times the max-normalised EMA of p."""
+
+    def __init__(self, num_classes: int, momentum: float = 0.999) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("global_conf", torch.tensor(1.0 / num_classes))
+        self.register_buffer("class_probs", torch.full((num_classes,), 1.0 / num_classes))
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor, index: torch.Tensor) -> None:
+        stats = torch.cat([probs.max(dim=1).values.sum()[None], probs.sum(0), probs.new_tensor([len(probs)])])
+        stats = _all_reduce_sum(stats.float())  # (C + 2,): sum of max p, sum of p per class, count
+        m = self.momentum
+        self.global_conf.mul_(m).add_((1 - m) * stats[0] / stats[-1])
+        self.class_probs.mul_(m).add_((1 - m) * stats[1:-1] / stats[-1])
+
+    def thresholds(self, epoch: float) -> torch.Tensor:
+        return freematch_thresholds(self.global_conf, self.class_probs)
