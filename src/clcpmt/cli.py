@@ -70,7 +70,9 @@ def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
         _, cfg = load_system(ckpt)
         run_dir = Path(args.target) if Path(args.target).is_dir() else ckpt.parent.parent
         splits = run_dir / "splits"  # the run's own split files: exactly the images it was trained against
-        data_cfg = replace(cfg.data, splits=str(splits)) if splits.is_dir() and cfg.data.dataset == "folder" else cfg.data
+        data_cfg = (
+            replace(cfg.data, splits=str(splits)) if splits.is_dir() and cfg.data.dataset == "folder" else cfg.data
+        )
         results = evaluate_parts(ckpt, prepare_data(data_cfg), tuple(args.split))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
@@ -106,11 +108,16 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clcpmt", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="clcpmt", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a method (config file + overrides)", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = sub.add_parser(
+        "train",
+        help="train a method (config file + overrides)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument("--config", help="YAML file or packaged config name (demo, isic2018_cpu, ...)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

@@ -30,7 +30,7 @@ class DataConfig:
     labels: str = ""  # CSV: ISIC one-hot ground truth, HAM10000_metadata.csv, or image,label
     splits: str = ""  # folder with SRC-MT CSVs (training/validation/testing[, labeled]); "" = draw 7:1:2
     classes: tuple[str, ...] = ISIC_CLASSES
-    labeled: float = 0.2  # fraction of the training split (< 1) or a count (>= 1)
+    labeled: float = 0.2  # fraction of the training split (<= 1; 1.0 = all labels) or a count (> 1)
     image_size: int = 64
     center_crop: bool = True  # square centre crop of the short side before resizing (as the ISIC test images)
     cache_dir: str = ""  # pre-resized image cache; "" = ~/.cache/clcpmt
@@ -222,7 +222,9 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     def plain(x: Any) -> Any:
         return [plain(v) for v in x] if isinstance(x, tuple | list) else x
 
-    return {s: {k: plain(v) for k, v in d.items()} if isinstance(d, dict) else d for s, d in dataclasses.asdict(cfg).items()}
+    return {
+        s: {k: plain(v) for k, v in d.items()} if isinstance(d, dict) else d for s, d in dataclasses.asdict(cfg).items()
+    }
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

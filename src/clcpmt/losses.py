@@ -63,7 +63,9 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
         return per_anchor[has_pos].mean()
 
 
-def pseudo_label_loss(logits: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor, task: str = "single") -> torch.Tensor:
+def pseudo_label_loss(
+    logits: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor, task: str = "single"
+) -> torch.Tensor:
     """L_capr (SPEC §3.4): masked CE/BCE of the student's view to pseudo-labels, averaged over all B_U samples.
 
     Args:

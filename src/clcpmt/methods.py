@@ -84,8 +84,17 @@ METHODS: dict[str, Recipe] = {
 }
 
 
-def build_rule(name: str, num_classes: int, num_unlabeled: int, tau: float, tau_min: float, momentum: float,
-               warmup_epochs: float, status: str, task: str) -> nn.Module:
+def build_rule(
+    name: str,
+    num_classes: int,
+    num_unlabeled: int,
+    tau: float,
+    tau_min: float,
+    momentum: float,
+    warmup_epochs: float,
+    status: str,
+    task: str,
+) -> nn.Module:
     """The threshold rule called `name`."""
     if name == "fixed":
         return FixedThreshold(num_classes, tau)
@@ -101,18 +110,33 @@ def build_rule(name: str, num_classes: int, num_unlabeled: int, tau: float, tau_
 class SSLMethod(nn.Module):
     """A method = a recipe + its weights + its threshold rule (whose state is saved with this module)."""
 
-    def __init__(self, recipe: Recipe, num_classes: int, num_unlabeled: int = 0, task: str = "single",
-                 lambda_mt: float = 1.0, lambda_sde: float = 0.1, lambda_pl: float = 1.0, rampup_epochs: float = 30.0,
-                 sde_temperature: float = 0.1, tau: float = 0.95, tau_min: float = 0.5, momentum: float = 0.999,
-                 warmup_epochs: float = 5.0, status: str = "confidence", mt_on_labeled: bool = True) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        num_classes: int,
+        num_unlabeled: int = 0,
+        task: str = "single",
+        lambda_mt: float = 1.0,
+        lambda_sde: float = 0.1,
+        lambda_pl: float = 1.0,
+        rampup_epochs: float = 30.0,
+        sde_temperature: float = 0.1,
+        tau: float = 0.95,
+        tau_min: float = 0.5,
+        momentum: float = 0.999,
+        warmup_epochs: float = 5.0,
+        status: str = "confidence",
+        mt_on_labeled: bool = True,
+    ) -> None:
         super().__init__()
         self.recipe, self.task = recipe, task
         self.lambda_mt, self.lambda_sde, self.lambda_pl = lambda_mt, lambda_sde, lambda_pl
         self.rampup_epochs, self.sde_temperature, self.mt_on_labeled = rampup_epochs, sde_temperature, mt_on_labeled
         self.rule = None
         if recipe.threshold:
-            self.rule = build_rule(recipe.threshold, num_classes, num_unlabeled, tau, tau_min, momentum,
-                                   warmup_epochs, status, task)
+            self.rule = build_rule(
+                recipe.threshold, num_classes, num_unlabeled, tau, tau_min, momentum, warmup_epochs, status, task
+            )
 
     def step(self, b: SSLBatch, student: nn.Module, teacher: nn.Module, progress: Progress) -> StepOutput:
         """Total loss of one batch and its parts. Never calls backward; the teacher only runs under no_grad."""
@@ -127,7 +151,7 @@ class SSLMethod(nn.Module):
         if not r.unlabeled and not r.contrastive:
             return out
         n_u = b.u_weak.shape[0] if r.unlabeled else 0
-        logits_us = logits[2 * n_l: 2 * n_l + n_u]  # (B_U, C) student on u^s
+        logits_us = logits[2 * n_l : 2 * n_l + n_u]  # (B_U, C) student on u^s
         w = ramp_up(progress.epoch, self.rampup_epochs)
         logs["ramp"] = torch.tensor(w)
         if r.consistency or (r.threshold and r.pl_source == "teacher"):
@@ -154,7 +178,9 @@ class SSLMethod(nn.Module):
         return out
 
 
-def build_method(name: str, num_classes: int, num_unlabeled: int = 0, task: str = "single", **hparams: float) -> SSLMethod:
+def build_method(
+    name: str, num_classes: int, num_unlabeled: int = 0, task: str = "single", **hparams: float
+) -> SSLMethod:
     """The method called `name` (a key of METHODS) with its hyper-parameters (MethodConfig fields)."""
     if name not in METHODS:
         close = difflib.get_close_matches(name, METHODS, n=1)

@@ -47,11 +47,21 @@ def standard_metrics(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, to
     sens, spec = _safe_div(tp, support), _safe_div(tn, tn + fp)
     f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
     auc_c = multiclass_auroc(probs, targets, num_classes=c, average=None)
-    return {"auc": auc_c.mean(), "bacc": sens.mean(), "f1": f1.mean(), "auc_c": auc_c, "sens_c": sens,
-            "spec_c": spec, "f1_c": f1, "confusion": cm}
+    return {
+        "auc": auc_c.mean(),
+        "bacc": sens.mean(),
+        "f1": f1.mean(),
+        "auc_c": auc_c,
+        "sens_c": sens,
+        "spec_c": spec,
+        "f1_c": f1,
+        "confusion": cm,
+    }
 
 
-def srcmt_metrics(probs: torch.Tensor, targets: torch.Tensor, threshold: float = SRCMT_THRESHOLD) -> dict[str, torch.Tensor]:
+def srcmt_metrics(
+    probs: torch.Tensor, targets: torch.Tensor, threshold: float = SRCMT_THRESHOLD
+) -> dict[str, torch.Tensor]:
     """SRC-MT protocol: per class one-vs-rest, binarised at p >= threshold; unweighted means over classes.
 
     probs: (N, C); targets: (N,) class indices. Returns auc, acc, sens, spec, f1 (scalars).
@@ -74,14 +84,20 @@ def srcmt_metrics(probs: torch.Tensor, targets: torch.Tensor, threshold: float =
 def format_report(probs: torch.Tensor, targets: torch.Tensor, classes: tuple[str, ...], title: str) -> str:
     """A plain-text report: both protocols, the per-class table and the confusion matrix."""
     s, m = standard_metrics(probs, targets), srcmt_metrics(probs, targets)
-    lines = [f"== {title}: {len(targets)} images",
-             f"standard  macro AUC {100 * s['auc']:.2f}  balanced acc {100 * s['bacc']:.2f}  macro F1 {100 * s['f1']:.2f}",
-             "srcmt     " + "  ".join(f"{k.upper()} {100 * v:.2f}" for k, v in m.items()),
-             f"{'class':<8}{'n':>6}{'AUC':>8}{'sens':>8}{'spec':>8}{'F1':>8}"]
+    lines = [
+        f"== {title}: {len(targets)} images",
+        f"standard  macro AUC {100 * s['auc']:.2f}  balanced acc {100 * s['bacc']:.2f}  macro F1 {100 * s['f1']:.2f}",
+        "srcmt     " + "  ".join(f"{k.upper()} {100 * v:.2f}" for k, v in m.items()),
+        f"{'class':<8}{'n':>6}{'AUC':>8}{'sens':>8}{'spec':>8}{'F1':>8}",
+    ]
     support = torch.bincount(targets.long(), minlength=len(classes))
     for i, name in enumerate(classes):
-        lines.append(f"{name:<8}{int(support[i]):>6}" + "".join(
-            f"{100 * s[k][i]:>8.2f}" for k in ("auc_c", "sens_c", "spec_c", "f1_c")))
+        lines.append(
+            f"{name:<8}{int(support[i]):>6}"
+            + "".join(f"{100 * s[k][i]:>8.2f}" for k in ("auc_c", "sens_c", "spec_c", "f1_c"))
+        )
     lines.append("confusion (rows truth, columns prediction): " + " ".join(classes))
-    lines += [f"{name:<8}" + "".join(f"{int(v):>7}" for v in row) for name, row in zip(classes, s["confusion"], strict=True)]
+    lines += [
+        f"{name:<8}" + "".join(f"{int(v):>7}" for v in row) for name, row in zip(classes, s["confusion"], strict=True)
+    ]
     return "\n".join(lines)

@@ -30,8 +30,14 @@ class Student(nn.Module):
         return self.classifier(h), z
 
 
-def create_student(backbone: str = "resnet18", num_classes: int = 7, pretrained: str = "none",
-                   proj_dim: int = 128, drop_rate: float = 0.0, in_chans: int = 3) -> tuple[Student, str]:
+def create_student(
+    backbone: str = "resnet18",
+    num_classes: int = 7,
+    pretrained: str = "none",
+    proj_dim: int = 128,
+    drop_rate: float = 0.0,
+    in_chans: int = 3,
+) -> tuple[Student, str]:
     """Build the student from any timm model name.
 
     Args:

@@ -17,10 +17,22 @@ from .model import Student
 class SSLModule(L.LightningModule):
     """Trains `student` with `method`; the teacher is the student's EMA and is what `forward` runs."""
 
-    def __init__(self, student: Student, method: SSLMethod, classes: tuple[str, ...], config: dict | None = None,
-                 ema_decay: float = 0.99, lr: float = 1e-4, weight_decay: float = 5e-4, schedule: str = "exponential",
-                 lr_decay: float = 0.9, epochs: int = 30, steps_per_epoch: int = 1, channels_last: bool = False,
-                 task: str = "single") -> None:
+    def __init__(
+        self,
+        student: Student,
+        method: SSLMethod,
+        classes: tuple[str, ...],
+        config: dict | None = None,
+        ema_decay: float = 0.99,
+        lr: float = 1e-4,
+        weight_decay: float = 5e-4,
+        schedule: str = "exponential",
+        lr_decay: float = 0.9,
+        epochs: int = 30,
+        steps_per_epoch: int = 1,
+        channels_last: bool = False,
+        task: str = "single",
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student", "method"])
         self.student, self.method, self.classes, self.task = student, method, tuple(classes), task
@@ -57,8 +69,9 @@ class SSLModule(L.LightningModule):
         b = self._batch(batch)
         progress = Progress(self.global_step, self.current_epoch + batch_idx / self.hparams.steps_per_epoch)
         out = self.method.step(b, self.student, self.teacher, progress)
-        self.log_dict({f"train/{k}": v for k, v in out.logs.items()}, on_step=False, on_epoch=True,
-                      batch_size=b.x1.shape[0])
+        self.log_dict(
+            {f"train/{k}": v for k, v in out.logs.items()}, on_step=False, on_epoch=True, batch_size=b.x1.shape[0]
+        )
         if out.mask is not None and self.task == "single":
             self._accumulate_pl_stats(out, b.u_hidden)
         return out.loss

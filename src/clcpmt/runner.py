@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
@@ -29,46 +29,114 @@ log = logging.getLogger("clcpmt")
 
 def build_system(cfg: Config, classes: tuple[str, ...], num_unlabeled: int, steps_per_epoch: int) -> SSLModule:
     """Student (timm backbone) + method + Lightning system, as cfg says."""
-    student, source = create_student(cfg.model.backbone, len(classes), cfg.model.pretrained, cfg.model.proj_dim,
-                                     cfg.model.drop_rate)
+    student, source = create_student(
+        cfg.model.backbone, len(classes), cfg.model.pretrained, cfg.model.proj_dim, cfg.model.drop_rate
+    )
     m = cfg.method
-    method = build_method(m.name, len(classes), num_unlabeled, "single", lambda_mt=m.lambda_mt,
-                          lambda_sde=m.lambda_sde, lambda_pl=m.lambda_pl, rampup_epochs=m.rampup_epochs,
-                          sde_temperature=m.sde_temperature, tau=m.tau, tau_min=m.tau_min, momentum=m.momentum,
-                          warmup_epochs=m.warmup_epochs, status=m.status, mt_on_labeled=m.mt_on_labeled)
+    method = build_method(
+        m.name,
+        len(classes),
+        num_unlabeled,
+        "single",
+        lambda_mt=m.lambda_mt,
+        lambda_sde=m.lambda_sde,
+        lambda_pl=m.lambda_pl,
+        rampup_epochs=m.rampup_epochs,
+        sde_temperature=m.sde_temperature,
+        tau=m.tau,
+        tau_min=m.tau_min,
+        momentum=m.momentum,
+        warmup_epochs=m.warmup_epochs,
+        status=m.status,
+        mt_on_labeled=m.mt_on_labeled,
+    )
     t = cfg.train
-    module = SSLModule(student, method, classes, to_dict(cfg), m.ema_decay, t.lr, t.weight_decay, t.schedule,
-                       t.lr_decay, t.epochs, steps_per_epoch, t.channels_last)
+    module = SSLModule(
+        student,
+        method,
+        classes,
+        to_dict(cfg),
+        m.ema_decay,
+        t.lr,
+        t.weight_decay,
+        t.schedule,
+        t.lr_decay,
+        t.epochs,
+        steps_per_epoch,
+        t.channels_last,
+    )
     module.weights_source = source
     return module
 
 
-def train(cfg: Config, resume: bool = False) -> Path:
+class ReseedEachEpoch(Callback):
+    """Seed every RNG at each epoch start from (seed, epoch): a run resumed from an epoch-end checkpoint then
+    continues exactly as the uninterrupted run would (augmentations and dataloader workers included)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        L.seed_everything(self.seed * 1009 + trainer.current_epoch, workers=True, verbose=False)
+
+
+def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = ()) -> Path:
     """Fit cfg's method, then evaluate the best checkpoint on validation and testing. Returns the run folder."""
     run_dir = Path(cfg.run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     if not resume and last.exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
-                              "or choose another run_dir")
+        raise FileExistsError(
+            f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or choose another run_dir"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     data = prepare_data(cfg.data)
     data.write_splits(run_dir / "splits")
     save_config(cfg, run_dir / "config.yaml")
     recipe = METHODS[cfg.method.name]
-    dm = SSLDataModule(data, cfg.data.image_size, cfg.data.batch_labeled, cfg.data.batch_unlabeled,
-                       cfg.train.steps_per_epoch, cfg.data.num_workers, recipe.unlabeled, recipe.strong)
+    dm = SSLDataModule(
+        data,
+        cfg.data.image_size,
+        cfg.data.batch_labeled,
+        cfg.data.batch_unlabeled,
+        cfg.train.steps_per_epoch,
+        cfg.data.num_workers,
+        recipe.unlabeled,
+        recipe.strong,
+        cfg.train.seed,
+    )
     module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), dm.steps_per_epoch)
-    log.info("run %s: method %s, backbone %s (%s); %d labeled, %d unlabeled, %d validation, %d testing images",
-             run_dir, cfg.method.name, cfg.model.backbone, module.weights_source,
-             *(len(data.parts[p]) for p in ("labeled", "unlabeled", "validation", "testing")))
-    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.train.monitor, mode="max",
-                           save_last=True, save_top_k=1)
+    log.info(
+        "run %s: method %s, backbone %s (%s); %d labeled, %d unlabeled, %d validation, %d testing images",
+        run_dir,
+        cfg.method.name,
+        cfg.model.backbone,
+        module.weights_source,
+        *(len(data.parts[p]) for p in ("labeled", "unlabeled", "validation", "testing")),
+    )
+    best = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=cfg.train.monitor,
+        mode="max",
+        save_last=True,
+        save_top_k=1,
+    )
     trainer = L.Trainer(
-        max_epochs=cfg.train.epochs, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
-        precision=cfg.train.precision, callbacks=[best], default_root_dir=run_dir, num_sanity_val_steps=0,
-        logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")],
-        enable_progress_bar=cfg.train.progress_bar, log_every_n_steps=10, enable_model_summary=False,
+        max_epochs=cfg.train.epochs,
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
+        precision=cfg.train.precision,
+        callbacks=[best, ReseedEachEpoch(cfg.train.seed), *callbacks],
+        default_root_dir=run_dir,
+        num_sanity_val_steps=0,
+        logger=[
+            CSVLogger(run_dir, name="logs", version=""),
+            TensorBoardLogger(run_dir, name="tensorboard", version=""),
+        ],
+        enable_progress_bar=cfg.train.progress_bar,
+        log_every_n_steps=10,
+        enable_model_summary=False,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -140,8 +208,9 @@ def evaluate_csv(checkpoint: str | Path, labels: str | Path, images: str | Path)
     module, cfg = load_system(checkpoint)
     table = read_labels(labels, tuple(module.classes))
     array = cached_images(resolve_images(table, images), cfg.data.image_size, cfg.data.center_crop, cfg.data.cache_dir)
-    data = PreparedData(tuple(module.classes), list(table.images), array, table.targets,
-                        {"external": np.arange(len(table.images))})
+    data = PreparedData(
+        tuple(module.classes), list(table.images), array, table.targets, {"external": np.arange(len(table.images))}
+    )
     return evaluate_parts(checkpoint, data, ("external",))
 
 

@@ -32,8 +32,9 @@ def freematch_thresholds(global_conf: torch.Tensor, class_probs: torch.Tensor) -
     return class_probs / class_probs.max() * global_conf
 
 
-def select_pseudo_labels(probs: torch.Tensor, thresholds: torch.Tensor, task: str = "single",
-                         negative_threshold: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+def select_pseudo_labels(
+    probs: torch.Tensor, thresholds: torch.Tensor, task: str = "single", negative_threshold: float = 0.05
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pseudo-labels and the keep-mask.
 
     Single-label: pseudo = argmax p (B,), kept when max p >= T(pseudo). Multi-label: per finding, positive when
@@ -132,9 +133,17 @@ class CountStatus(nn.Module):
 class CAPRThreshold(nn.Module):
     """CAPR (SPEC §3.4): thresholds held at tau for `warmup_epochs`, then clip(tau·M(beta), tau_min, tau)."""
 
-    def __init__(self, num_classes: int, num_unlabeled: int, tau: float = 0.95, tau_min: float = 0.5,
-                 momentum: float = 0.999, warmup_epochs: float = 5.0, status: str = "confidence",
-                 task: str = "single") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        num_unlabeled: int,
+        tau: float = 0.95,
+        tau_min: float = 0.5,
+        momentum: float = 0.999,
+        warmup_epochs: float = 5.0,
+        status: str = "confidence",
+        task: str = "single",
+    ) -> None:
         super().__init__()
         self.tau, self.tau_min, self.warmup_epochs = tau, tau_min, warmup_epochs
         if status == "confidence":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import DataConfig
 from .readers import DataError, LabelTable, cached_images, read_labels, resolve_images
@@ -60,8 +61,13 @@ def _tables(cfg: DataConfig) -> dict[str, LabelTable]:
         full = read_labels(cfg.labels, cfg.classes)
         parts = split_train_val_test(full.targets, seed=cfg.seed)
         return {
-            name: LabelTable(tuple(full.images[i] for i in idx), full.targets[idx], full.classes, full.source,
-                             tuple(full.lines[i] for i in idx))
+            name: LabelTable(
+                tuple(full.images[i] for i in idx),
+                full.targets[idx],
+                full.classes,
+                full.source,
+                tuple(full.lines[i] for i in idx),
+            )
             for name, idx in zip(SPLIT_FILES, parts, strict=True)
         }
     folder = Path(cfg.splits)
@@ -110,8 +116,12 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
     images = cached_images(paths, cfg.image_size, cfg.center_crop, cfg.cache_dir)
     n_train, n_val = len(tables["training"].images), len(tables["validation"].images)
     lab, unl = _labeled_positions(tables, cfg)
-    parts = {"labeled": lab, "unlabeled": unl, "validation": np.arange(n_train, n_train + n_val),
-             "testing": np.arange(n_train + n_val, len(names))}
+    parts = {
+        "labeled": lab,
+        "unlabeled": unl,
+        "validation": np.arange(n_train, n_train + n_val),
+        "testing": np.arange(n_train + n_val, len(names)),
+    }
     return PreparedData(tuple(cfg.classes), names, images, targets, parts)
 
 
@@ -136,8 +146,9 @@ class LabeledViews(Dataset):
 class UnlabeledViews(Dataset):
     """Teacher's weak view, student's view (strong or weak), the hidden label (-1 if unknown) and the position."""
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray | None, index: np.ndarray, size: int,
-                 strong: bool) -> None:
+    def __init__(
+        self, images: np.ndarray, targets: np.ndarray | None, index: np.ndarray, size: int, strong: bool
+    ) -> None:
         self.images, self.targets, self.index = images, targets, index
         self.weak = weak_transform(size)
         self.student = strong_transform(size) if strong else self.weak
@@ -164,32 +175,65 @@ class EvalImages(Dataset):
         return self.norm(_tensor(self.images[self.index[i]])), int(self.targets[self.index[i]])
 
 
+class EpochSampler(Sampler[int]):
+    """`num_samples` indices from successive permutations, seeded by (seed, epoch) so that a resumed run draws the
+    same batches as an uninterrupted one (Lightning calls `set_epoch` each epoch)."""
+
+    def __init__(self, size: int, num_samples: int, seed: int = 0) -> None:
+        self.size, self.num_samples, self.seed, self.epoch = size, num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perms = [torch.randperm(self.size, generator=g) for _ in range(math.ceil(self.num_samples / self.size))]
+        return iter(torch.cat(perms)[: self.num_samples].tolist())
+
+
 class SSLDataModule(L.LightningDataModule):
     """Labeled + unlabeled training batches (both sampled for steps_per_epoch steps) and a validation loader."""
 
-    def __init__(self, data: PreparedData, image_size: int, batch_labeled: int = 12, batch_unlabeled: int = 36,
-                 steps_per_epoch: int = 0, num_workers: int = 2, use_unlabeled: bool = True,
-                 strong: bool = True) -> None:
+    def __init__(
+        self,
+        data: PreparedData,
+        image_size: int,
+        batch_labeled: int = 12,
+        batch_unlabeled: int = 36,
+        steps_per_epoch: int = 0,
+        num_workers: int = 2,
+        use_unlabeled: bool = True,
+        strong: bool = True,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.data, self.image_size = data, image_size
         self.batch_labeled, self.batch_unlabeled = batch_labeled, batch_unlabeled
-        self.num_workers, self.use_unlabeled, self.strong = num_workers, use_unlabeled, strong
+        self.num_workers, self.use_unlabeled, self.strong, self.seed = num_workers, use_unlabeled, strong, seed
         n_unl = len(data.parts["unlabeled"])
         default = math.ceil(n_unl / batch_unlabeled) if n_unl else math.ceil(len(data.parts["labeled"]) / batch_labeled)
         self.steps_per_epoch = steps_per_epoch or default
         if use_unlabeled and n_unl == 0:
-            raise DataError("this method needs unlabeled images, but data.labeled leaves none; use method.name=supervised")
+            raise DataError(
+                "this method needs unlabeled images, but data.labeled leaves none; use method.name=supervised"
+            )
 
     def _loader(self, dataset: Dataset, batch: int, workers: int) -> DataLoader:
-        sampler = RandomSampler(dataset, num_samples=self.steps_per_epoch * batch)  # cycles permutations
-        return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers,
-                          persistent_workers=workers > 0)
+        sampler = EpochSampler(len(dataset), self.steps_per_epoch * batch, self.seed + batch)
+        # workers are not persistent: each epoch's workers are seeded afresh (see runner.ReseedEachEpoch)
+        return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers)
 
     def train_dataloader(self) -> CombinedLoader:
         d, size = self.data, self.image_size
         workers = max(self.num_workers // 2, 1) if self.num_workers and self.use_unlabeled else self.num_workers
-        loaders = {"labeled": self._loader(LabeledViews(d.images, d.targets, d.parts["labeled"], size),
-                                           self.batch_labeled, workers)}
+        loaders = {
+            "labeled": self._loader(
+                LabeledViews(d.images, d.targets, d.parts["labeled"], size), self.batch_labeled, workers
+            )
+        }
         if self.use_unlabeled:
             unl = UnlabeledViews(d.images, d.targets, d.parts["unlabeled"], size, self.strong)
             loaders["unlabeled"] = self._loader(unl, self.batch_unlabeled, self.num_workers)

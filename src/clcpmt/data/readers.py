@@ -151,11 +151,15 @@ def cached_images(paths: list[Path], size: int, center_crop: bool, cache_dir: st
     if not target.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(f".tmp{os.getpid()}.npy")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-        with Pool(min(os.cpu_count() or 1, 8)) as pool:
-            for i, arr in enumerate(pool.imap(_load_one, [(p, size, center_crop) for p in paths], chunksize=64)):
-                out[i] = arr
-        out.flush()
-        del out
-        os.replace(tmp, target)
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+            with Pool(min(os.cpu_count() or 1, 8)) as pool:
+                jobs = [(p, size, center_crop) for p in paths]
+                for i, arr in enumerate(pool.imap(_load_one, jobs, chunksize=64)):
+                    out[i] = arr
+            out.flush()
+            del out
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
     return np.load(target, mmap_mode="r")

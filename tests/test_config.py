@@ -1,0 +1,62 @@
+import pytest
+
+from clcpmt.cli import main, resolve_config
+from clcpmt.config import Config, ConfigError, config_from_dict, load_config, parse_overrides, save_config, to_dict
+
+
+def test_defaults_file_then_command_line_wins(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method:\n  name: mean_teacher\n  lambda_sde: 0.5\ntrain:\n  epochs: 7\n")
+    cfg = load_config(path, ["--train.epochs=3", "--data.classes", "[A, B]"])
+    assert cfg.method.name == "mean_teacher" and cfg.method.lambda_sde == 0.5
+    assert cfg.train.epochs == 3  # the command line wins over the file
+    assert cfg.data.classes == ("A", "B")
+    assert cfg.method.tau == Config().method.tau  # untouched keys keep their defaults
+
+
+def test_unknown_key_in_file_names_file_key_and_close_match(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method:\n  lamda_sde: 0.5\n")
+    with pytest.raises(
+        ConfigError, match=r"c\.yaml: unknown key 'method\.lamda_sde'; did you mean 'method\.lambda_sde'"
+    ):
+        load_config(path)
+
+
+def test_unknown_key_on_command_line():
+    with pytest.raises(ConfigError, match=r"command line: unknown key 'train\.epoch'; did you mean 'train\.epochs'"):
+        load_config(None, ["--train.epoch=3"])
+
+
+def test_bad_type_and_bad_value_name_the_key():
+    with pytest.raises(ConfigError, match=r"train\.epochs must be int; got 'many'"):
+        load_config(None, ["--train.epochs=many"])
+    with pytest.raises(ConfigError, match=r"method\.name must be one of .*got 'clcpmt' \(did you mean 'clcp_mt'\?\)"):
+        load_config(None, ["--method.name=clcpmt"])
+    with pytest.raises(ConfigError, match=r"method\.tau_min must be a float in \[0, method\.tau=0\.95\].*got 0\.97"):
+        load_config(None, ["--method.tau_min=0.97"])
+    with pytest.raises(ConfigError, match="data.dataset=folder needs data.images"):
+        load_config(None, ["--data.dataset=folder"])
+    with pytest.raises(ConfigError, match="expected --section.key=value"):
+        parse_overrides(["epochs=3"])
+
+
+def test_saved_config_reads_back_identically(tmp_path):
+    cfg = load_config(None, ["--method.name=fixmatch", "--data.labeled=0.1"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+    assert config_from_dict(to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("name", ["demo", "isic2018_cpu", "isic2018_densenet121_224"])
+def test_packaged_configs_load(name):
+    cfg = load_config(resolve_config(name))
+    assert cfg.method.name == "clcp_mt"
+
+
+def test_cli_reports_config_errors_in_one_line(capsys):
+    assert main(["train", "--config", "demo", "--train.epoch=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key 'train.epoch'" in err[0]
+    assert main(["train", "--config", "nonexistent"]) == 2
+    assert "packaged configs: demo" in capsys.readouterr().err

@@ -1,0 +1,165 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clcpmt.losses import (
+    consistency_loss,
+    ema_update,
+    probabilities,
+    pseudo_label_loss,
+    ramp_up,
+    supcon_loss,
+    supervised_loss,
+)
+
+
+def test_supervised_loss_hand_value():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    expected = (-math.log(math.e**2 / (math.e**2 + 2)) - math.log(math.e / (math.e + 2))) / 2
+    assert supervised_loss(logits, torch.tensor([0, 1])).item() == pytest.approx(expected, rel=1e-6)
+    # multi-label: BCE on sigmoid, mean over all pairs
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    bce = [
+        -math.log(sig(2)),
+        -math.log(1 - sig(0)),
+        -math.log(1 - sig(0)),
+        -math.log(1 - sig(0)),
+        -math.log(sig(1)),
+        -math.log(sig(0)),
+    ]
+    assert supervised_loss(logits, targets, "multi").item() == pytest.approx(sum(bce) / 6, rel=1e-6)
+
+
+def test_consistency_loss_hand_value():
+    p_s = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    p_t = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    # sample 1: 0.25 + 0.25; sample 2: 0 -> mean 0.25
+    assert consistency_loss(p_s, p_t).item() == pytest.approx(0.25)
+
+
+def _supcon_reference(z, labels, tau):
+    """Plain loops, straight from SPEC §3.3."""
+    n, losses = len(z), []
+    for i in range(n):
+        pos = [p for p in range(n) if p != i and labels[p] == labels[i]]
+        if not pos:
+            continue
+        denom = sum(math.exp(float(z[i] @ z[a]) / tau) for a in range(n) if a != i)
+        losses.append(-sum(math.log(math.exp(float(z[i] @ z[p]) / tau) / denom) for p in pos) / len(pos))
+    return sum(losses) / len(losses)
+
+
+def test_supcon_hand_reference_and_anchor_without_positive_left_out():
+    torch.manual_seed(0)
+    z = F.normalize(torch.randn(7, 5), dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 3])  # classes 2 and 3 have no positive: left out of the mean
+    assert supcon_loss(z, labels, 0.1).item() == pytest.approx(_supcon_reference(z, labels, 0.1), rel=1e-5)
+
+
+def test_supcon_matches_pytorch_metric_learning():
+    pml = pytest.importorskip("pytorch_metric_learning.losses")
+    torch.manual_seed(1)
+    for _ in range(5):
+        z = F.normalize(torch.randn(24, 16), dim=1)
+        labels = torch.randint(0, 4, (24,))
+        ours = supcon_loss(z, labels, temperature=0.1)
+        theirs = pml.SupConLoss(temperature=0.1)(z, labels)
+        assert ours.item() == pytest.approx(theirs.item(), rel=1e-4)
+
+
+def test_supcon_no_positive_at_all_is_zero_with_graph():
+    z = F.normalize(torch.randn(3, 4), dim=1).requires_grad_(True)
+    loss = supcon_loss(z, torch.tensor([0, 1, 2]))
+    assert loss.item() == 0.0 and loss.requires_grad
+
+
+def test_supcon_fp32_under_bf16_autocast_and_large_logits():
+    z = F.normalize(torch.randn(8, 4), dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = supcon_loss(z, labels, temperature=0.01)  # exp(100): overflows without the row-max trick
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert loss.item() == pytest.approx(supcon_loss(z.double(), labels, 0.01).item(), rel=1e-4)
+
+
+def test_supcon_multilabel_jaccard_weights_and_no_finding():
+    # 4 views: {A}, {A,B}, {} (No Finding), {} (No Finding)
+    labels = torch.tensor([[1, 0], [1, 1], [0, 0], [0, 0]])
+    torch.manual_seed(2)
+    z = F.normalize(torch.randn(4, 3), dim=1)
+    tau = 0.1
+    sim = (z @ z.T / tau).tolist()
+
+    def log_prob(i, p):
+        denom = sum(math.exp(sim[i][a]) for a in range(4) if a != i)
+        return sim[i][p] - math.log(denom)
+
+    # anchor 0: positive 1 with Jaccard 1/2; anchor 1: positive 0 with 1/2; anchors 2, 3: each other with 1
+    per_anchor = [-log_prob(0, 1), -log_prob(1, 0), -log_prob(2, 3), -log_prob(3, 2)]
+    expected = sum(per_anchor) / 4  # a single weighted positive: weight cancels in the weighted mean
+    assert supcon_loss(z, labels, tau, task="multi").item() == pytest.approx(expected, rel=1e-5)
+    # a finding set with two partial positives: weights 1/2 and 1/3 enter the weighted mean
+    labels = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 0, 1]])
+    z = F.normalize(torch.randn(3, 3), dim=1)
+    sim = (z @ z.T / tau).tolist()
+
+    def lp(i, p):
+        return sim[i][p] - math.log(sum(math.exp(sim[i][a]) for a in range(3) if a != i))
+
+    w = {(0, 1): 1 / 2, (0, 2): 1 / 3, (1, 0): 1 / 2, (1, 2): 1 / 2, (2, 0): 1 / 3, (2, 1): 1 / 2}
+    anchors = [
+        -sum(w[(i, p)] * lp(i, p) for p in range(3) if p != i) / sum(w[(i, p)] for p in range(3) if p != i)
+        for i in range(3)
+    ]
+    assert supcon_loss(z, labels, tau, task="multi").item() == pytest.approx(sum(anchors) / 3, rel=1e-5)
+
+
+def test_pseudo_label_loss_averages_over_all_unlabeled_samples():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, 3.0]])
+    pseudo = torch.tensor([0, 1, 0])
+    mask = torch.tensor([True, False, True])
+    ce0 = -math.log(math.e**2 / (math.e**2 + 1))
+    ce2 = -math.log(1 / (1 + math.e**3))
+    assert pseudo_label_loss(logits, pseudo, mask).item() == pytest.approx((ce0 + ce2) / 3, rel=1e-6)
+    # multi-label: masked BCE over the kept pairs, divided by all pairs
+    pseudo_m = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    mask_m = torch.tensor([[True, False], [False, False], [False, True]])
+    bce = -math.log(1 / (1 + math.exp(-2))) - math.log(1 / (1 + math.exp(-3)))
+    assert pseudo_label_loss(logits, pseudo_m, mask_m, "multi").item() == pytest.approx(bce / 6, rel=1e-6)
+
+
+def test_ramp_up_values():
+    assert ramp_up(0, 30) == pytest.approx(math.exp(-5))
+    assert ramp_up(15, 30) == pytest.approx(math.exp(-1.25))
+    assert ramp_up(30, 30) == 1.0 and ramp_up(100, 30) == 1.0 and ramp_up(0, 0) == 1.0
+
+
+def test_probabilities_softmax_and_sigmoid():
+    logits = torch.tensor([[0.0, 0.0]])
+    assert probabilities(logits).tolist() == [[0.5, 0.5]]
+    assert probabilities(torch.tensor([[0.0, 100.0]]), "multi").tolist() == [[0.5, 1.0]]
+
+
+def test_ema_update_matches_formula_with_warm_start():
+    torch.manual_seed(0)
+    student, teacher = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        for p in (*student.parameters(), *teacher.parameters()):
+            p.normal_()
+        student.running_mean.fill_(2.0)
+        student.num_batches_tracked.fill_(7)
+    t0 = [p.clone() for p in teacher.parameters()]
+    assert ema_update(teacher, student, decay=0.99, step=0) == 0.0  # step 0: the teacher becomes the student
+    assert all(torch.equal(t, s) for t, s in zip(teacher.parameters(), student.parameters(), strict=True))
+    assert teacher.running_mean.tolist() == [2.0, 2.0, 2.0] and teacher.num_batches_tracked.item() == 7
+    with torch.no_grad():
+        for p, q in zip(teacher.parameters(), t0, strict=True):
+            p.copy_(q)
+    alpha = ema_update(teacher, student, decay=0.99, step=9)  # min(1 - 1/10, 0.99) = 0.9
+    assert alpha == pytest.approx(0.9)
+    for t, old, s in zip(teacher.parameters(), t0, student.parameters(), strict=True):
+        assert torch.allclose(t, 0.9 * old + 0.1 * s)
+    assert ema_update(teacher, student, decay=0.99, step=10_000) == 0.99

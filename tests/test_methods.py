@@ -1,0 +1,140 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from clcpmt.methods import METHODS, Progress, SSLBatch, build_method
+from clcpmt.model import Student
+
+
+class TinyBackbone(nn.Module):
+    """A few-parameter stand-in for a timm backbone (has BatchNorm, like the real ones)."""
+
+    num_features = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+C = 4
+LOW = dict(tau=0.3, tau_min=0.0, warmup_epochs=0.0, rampup_epochs=0.0)  # accept pseudo-labels: every term active
+LATE = Progress(step=100, epoch=50.0)
+
+
+def make_batch(seed: int = 0) -> SSLBatch:
+    g = torch.Generator().manual_seed(seed)
+    return SSLBatch(
+        x1=torch.randn(6, 3, 8, 8, generator=g),
+        x2=torch.randn(6, 3, 8, 8, generator=g),
+        y=torch.tensor([0, 0, 1, 1, 2, 3]),
+        u_weak=torch.randn(10, 3, 8, 8, generator=g),
+        u_student=torch.randn(10, 3, 8, 8, generator=g),
+        u_index=torch.arange(10),
+        u_hidden=torch.randint(0, C, (10,), generator=g),
+    )
+
+
+def make_models(seed: int = 0) -> tuple[Student, Student]:
+    torch.manual_seed(seed)
+    student = Student(TinyBackbone(), C, proj_dim=4)
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():  # a teacher that differs from the student, as after some training
+        for p in teacher.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return student, teacher.requires_grad_(False).eval()
+
+
+def student_grads(name: str, eval_bn: bool = False, **hp) -> list[torch.Tensor]:
+    student, teacher = make_models()
+    student.train(not eval_bn)
+    method = build_method(name, C, num_unlabeled=10, **{**LOW, **hp})
+    out = method.step(make_batch(), student, teacher, LATE)
+    out.loss.backward()
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in student.parameters()]
+
+
+def differs(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return any(not torch.allclose(x, y, atol=1e-7) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_gives_a_finite_loss_and_leaves_the_teacher_alone(name):
+    student, teacher = make_models()
+    teacher.requires_grad_(True)  # even if someone forgets requires_grad_(False), no gradient may reach it
+    before = copy.deepcopy(teacher.state_dict())
+    method = build_method(name, C, num_unlabeled=10, **LOW)
+    out = method.step(make_batch(), student, teacher, LATE)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+
+TERMS = [  # (method, weight that switches one unlabeled/contrastive term off)
+    ("mean_teacher", "lambda_mt"),
+    ("mt_sde", "lambda_mt"),
+    ("mt_sde", "lambda_sde"),
+    ("mt_capr", "lambda_mt"),
+    ("mt_capr", "lambda_pl"),
+    ("fixmatch", "lambda_pl"),
+    ("flexmatch", "lambda_pl"),
+    ("freematch", "lambda_pl"),
+    ("clcp_mt", "lambda_mt"),
+    ("clcp_mt", "lambda_sde"),
+    ("clcp_mt", "lambda_pl"),
+]
+
+
+@pytest.mark.parametrize(("name", "weight"), TERMS)
+def test_each_term_sends_nonzero_gradient_to_the_student(name, weight):
+    """USB's Mean Teacher once had a zero-gradient consistency loss: each term must change the student's gradient."""
+    with_term, without_term = student_grads(name, **{weight: 1.0}), student_grads(name, **{weight: 0.0})
+    assert differs(with_term, without_term)
+
+
+def test_clcp_mt_with_zero_weights_equals_supervised():
+    # eval-mode BatchNorm: the unlabeled views that CLCP-MT adds to the student's batch then change nothing
+    zero = student_grads("clcp_mt", eval_bn=True, lambda_mt=0.0, lambda_sde=0.0, lambda_pl=0.0)
+    sup = student_grads("supervised", eval_bn=True)
+    assert not differs(zero, sup)
+
+
+def test_mt_sde_with_zero_sde_weight_equals_mean_teacher():
+    assert not differs(student_grads("mt_sde", lambda_sde=0.0), student_grads("mean_teacher"))
+
+
+def test_pseudo_labels_come_from_the_teacher_for_capr():
+    """Changing the teacher changes CAPR's pseudo-labels; FixMatch's come from the student's own weak view."""
+    student, teacher = make_models()
+    _, other_teacher = make_models(seed=5)
+    b = make_batch()
+    masks = {}
+    for name in ("clcp_mt", "fixmatch"):
+        for tag, t in (("a", teacher), ("b", other_teacher)):
+            out = build_method(name, C, num_unlabeled=10, **LOW).step(b, student, t, LATE)
+            masks[name, tag] = out.pseudo
+    assert not torch.equal(masks["clcp_mt", "a"], masks["clcp_mt", "b"])
+    assert torch.equal(masks["fixmatch", "a"], masks["fixmatch", "b"])
+
+
+def test_method_state_round_trips_through_state_dict():
+    student, teacher = make_models()
+    method = build_method("clcp_mt", C, num_unlabeled=10, momentum=0.5)
+    method.step(make_batch(), student, teacher, LATE)
+    fresh = build_method("clcp_mt", C, num_unlabeled=10, momentum=0.5)
+    assert not torch.equal(fresh.rule.status.sigma, method.rule.status.sigma)
+    fresh.load_state_dict(method.state_dict())
+    assert torch.equal(fresh.rule.status.sigma, method.rule.status.sigma)
+
+
+def test_build_method_rejects_unknown_name_with_close_match():
+    with pytest.raises(ValueError, match="unknown method 'clcpmt'.*did you mean 'clcp_mt'"):
+        build_method("clcpmt", C)

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from clcpmt.config import ISIC_CLASSES
+from clcpmt.metrics import argmax_with_ties, format_report, srcmt_metrics, standard_metrics
+
+
+def random_pair(seed: int, n: int = 300, c: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, c, (n,), generator=g)
+    targets[:c] = torch.arange(c)  # every class present
+    logits = torch.randn(n, c, generator=g) + 1.5 * torch.nn.functional.one_hot(targets, c)
+    return logits.softmax(1), targets
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_standard_metrics_equal_sklearn(seed):
+    probs, targets = random_pair(seed)
+    p, y = probs.numpy(), targets.numpy()
+    pred = p.argmax(1)
+    m = standard_metrics(probs, targets)
+    assert m["auc"].item() == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr", average="macro"), abs=1e-6)
+    assert m["bacc"].item() == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-6)
+    assert m["f1"].item() == pytest.approx(skm.f1_score(y, pred, average="macro"), abs=1e-6)
+    assert np.allclose(m["sens_c"].numpy(), skm.recall_score(y, pred, average=None))
+    assert np.array_equal(m["confusion"].numpy(), skm.confusion_matrix(y, pred))
+    cm = skm.confusion_matrix(y, pred)
+    tn = cm.sum() - cm.sum(0) - cm.sum(1) + np.diag(cm)
+    assert np.allclose(m["spec_c"].numpy(), tn / (tn + cm.sum(0) - np.diag(cm)))
+    per_class_auc = [skm.roc_auc_score(y == k, p[:, k]) for k in range(7)]
+    assert np.allclose(m["auc_c"].numpy(), per_class_auc, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_srcmt_metrics_equal_sklearn_per_class_means(seed):
+    probs, targets = random_pair(seed)
+    p, y = probs.numpy(), targets.numpy()
+    rows = []
+    for k in range(7):
+        t, b = (y == k).astype(int), (p[:, k] >= 0.18).astype(int)
+        tn, fp, fn, tp = skm.confusion_matrix(t, b, labels=[0, 1]).ravel()
+        rows.append(
+            [
+                skm.roc_auc_score(t, p[:, k]),
+                skm.accuracy_score(t, b),
+                tp / (tp + fn),
+                tn / (tn + fp),
+                skm.f1_score(t, b),
+            ]
+        )
+    expected = np.mean(rows, axis=0)
+    m = srcmt_metrics(probs, targets)
+    got = [m[k].item() for k in ("auc", "acc", "sens", "spec", "f1")]
+    assert np.allclose(got, expected, atol=1e-6)
+
+
+def test_srcmt_threshold_is_inclusive():
+    probs = torch.tensor([[0.18, 0.82], [0.9, 0.1]])
+    m = srcmt_metrics(probs, torch.tensor([0, 0]))
+    assert m["sens"].item() == pytest.approx(0.5)  # class 0: both at p >= 0.18 -> sens 1; class 1: no positives -> 0
+
+
+def test_balanced_accuracy_equals_official_isic_scorer():
+    pd = pytest.importorskip("pandas")
+    isic = pytest.importorskip("isic_challenge_scoring.metrics")
+    probs, targets = random_pair(7, n=500)
+    probs[5] = torch.tensor([0.3, 0.3, 0.1, 0.1, 0.1, 0.05, 0.05])  # a tie: ISIC counts it as wrong
+    names = [f"ISIC_{i:07d}" for i in range(len(targets))]
+    truth = pd.DataFrame(torch.nn.functional.one_hot(targets, 7).double().numpy(), index=names, columns=ISIC_CLASSES)
+    pred = pd.DataFrame(probs.double().numpy(), index=names, columns=ISIC_CLASSES)
+    official = isic.balanced_multiclass_accuracy(truth, pred, pd.Series(1.0, index=names))
+    assert standard_metrics(probs, targets)["bacc"].item() == pytest.approx(official, abs=1e-6)
+
+
+def test_ties_are_wrong():
+    probs = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    assert argmax_with_ties(probs).tolist() == [-1, 1, 2]
+    m = standard_metrics(probs, torch.tensor([0, 1, 2]))
+    assert m["sens_c"].tolist() == [0.0, 1.0, 1.0]
+    assert m["confusion"].sum().item() == 2
+
+
+def test_format_report_lists_every_class():
+    probs, targets = random_pair(0)
+    text = format_report(probs, targets, ISIC_CLASSES, "validation")
+    assert all(c in text for c in ISIC_CLASSES) and "balanced acc" in text and "srcmt" in text
