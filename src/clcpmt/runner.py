@@ -69,17 +69,6 @@ def build_system(cfg: Config, classes: tuple[str, ...], num_unlabeled: int, step
     return module
 
 
-class ReseedEachEpoch(Callback):
-    """Seed every RNG at each epoch start from (seed, epoch): a run resumed from an epoch-end checkpoint then
-    continues exactly as the uninterrupted run would (augmentations and dataloader workers included)."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        L.seed_everything(self.seed * 1009 + trainer.current_epoch, workers=True, verbose=False)
-
-
 def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = ()) -> Path:
     """Fit cfg's method, then evaluate the best checkpoint on validation and testing. Returns the run folder."""
     run_dir = Path(cfg.run_dir)
@@ -127,7 +116,7 @@ def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
         precision=cfg.train.precision,
-        callbacks=[best, ReseedEachEpoch(cfg.train.seed), *callbacks],
+        callbacks=[best, *callbacks],
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
         logger=[

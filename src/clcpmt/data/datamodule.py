@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,9 +138,11 @@ class LabeledViews(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        i, seed = item
         img = _tensor(self.images[self.index[i]])
-        return self.weak(img), self.weak(img), int(self.targets[self.index[i]])
+        x1, x2 = _seeded(seed, lambda: (self.weak(img), self.weak(img)))
+        return x1, x2, int(self.targets[self.index[i]])
 
 
 class UnlabeledViews(Dataset):
@@ -156,10 +158,12 @@ class UnlabeledViews(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        i, seed = item
         img = _tensor(self.images[self.index[i]])
         hidden = -1 if self.targets is None else int(self.targets[self.index[i]])
-        return self.weak(img), self.student(img), hidden, i
+        weak, student = _seeded(seed, lambda: (self.weak(img), self.student(img)))
+        return weak, student, hidden, i
 
 
 class EvalImages(Dataset):
@@ -175,9 +179,12 @@ class EvalImages(Dataset):
         return self.norm(_tensor(self.images[self.index[i]])), int(self.targets[self.index[i]])
 
 
-class EpochSampler(Sampler[int]):
-    """`num_samples` indices from successive permutations, seeded by (seed, epoch) so that a resumed run draws the
-    same batches as an uninterrupted one (Lightning calls `set_epoch` each epoch)."""
+class EpochSampler(Sampler[tuple[int, int]]):
+    """`num_samples` (index, augmentation seed) pairs from successive permutations, all drawn from (seed, epoch).
+
+    Every view is then a pure function of (seed, epoch, position): a run resumed from a checkpoint draws exactly the
+    batches of the uninterrupted run, whatever the number of workers (Lightning calls `set_epoch` each epoch).
+    """
 
     def __init__(self, size: int, num_samples: int, seed: int = 0) -> None:
         self.size, self.num_samples, self.seed, self.epoch = size, num_samples, seed, 0
@@ -188,10 +195,19 @@ class EpochSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        perms = [torch.randperm(self.size, generator=g) for _ in range(math.ceil(self.num_samples / self.size))]
-        return iter(torch.cat(perms)[: self.num_samples].tolist())
+        rounds = math.ceil(self.num_samples / self.size)
+        index = torch.cat([torch.randperm(self.size, generator=g) for _ in range(rounds)])[: self.num_samples]
+        seeds = torch.randint(0, 2**62, (self.num_samples,), generator=g)
+        return iter(zip(index.tolist(), seeds.tolist(), strict=True))
+
+
+def _seeded(seed: int, fn: Callable[[], tuple]) -> tuple:
+    """Run `fn` with the global torch RNG seeded by `seed`, leaving the caller's RNG state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fn()
 
 
 class SSLDataModule(L.LightningDataModule):
@@ -223,8 +239,14 @@ class SSLDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, batch: int, workers: int) -> DataLoader:
         sampler = EpochSampler(len(dataset), self.steps_per_epoch * batch, self.seed + batch)
-        # workers are not persistent: each epoch's workers are seeded afresh (see runner.ReseedEachEpoch)
-        return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers)
+        return DataLoader(
+            dataset,
+            batch_size=batch,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
 
     def train_dataloader(self) -> CombinedLoader:
         d, size = self.data, self.image_size

@@ -33,7 +33,9 @@ def strong_transform(size: int) -> v2.Compose:
     return v2.Compose(
         [
             *_geometric(size),
-            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
+            v2.ColorJitter(
+                brightness=0.3, contrast=0.3, saturation=0.3
+            ),  # no hue: costly, and lesion hue is diagnostic
             v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.5))], p=0.5),
             v2.RandAugment(num_ops=2, magnitude=7),
             normalize(),

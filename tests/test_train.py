@@ -1,0 +1,126 @@
+"""End to end: training on synthetic data, crash-and-resume parity, and a smoke run on real HAM10000 images."""
+
+import json
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from clcpmt.cli import main
+from clcpmt.config import ISIC_CLASSES, load_config
+from clcpmt.data.readers import read_labels
+from clcpmt.data.splits import write_split_csv
+from clcpmt.runner import train
+
+
+def tiny(tmp_path, name="run", method="clcp_mt", **extra) -> list[str]:
+    over = {
+        "run_dir": tmp_path / name,
+        "data.synthetic_size": 500,
+        "data.image_size": 32,
+        "data.num_workers": 0,
+        "method.name": method,
+        "method.warmup_epochs": 1,
+        "method.rampup_epochs": 1,
+        "train.epochs": 2,
+        "train.steps_per_epoch": 8,
+        "train.lr": 0.001,
+        "train.progress_bar": False,
+        **extra,
+    }
+    return [f"--{k}={v}" for k, v in over.items()]
+
+
+def test_short_training_on_synthetic_data_beats_chance(tmp_path):
+    cfg = load_config(None, tiny(tmp_path, **{"train.epochs": 4, "train.steps_per_epoch": 25}))
+    run_dir = train(cfg)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test = metrics["testing/teacher"]
+    assert test["standard/auc"] > 75 and test["standard/bacc"] > 18  # chance: AUC 50, balanced accuracy 14.3
+    for f in (
+        "config.yaml",
+        "splits/labeled.csv",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "logs/metrics.csv",
+    ):
+        assert (run_dir / f).is_file(), f
+    log = (run_dir / "logs" / "metrics.csv").read_text()
+    assert all(f"threshold/{c}" in log and f"pl_precision/{c}" in log for c in ISIC_CLASSES)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert "method.rule.status.sigma" in ckpt["state_dict"]  # the threshold state travels with the checkpoint
+    assert ckpt["hyper_parameters"]["config"]["method"]["name"] == "clcp_mt"
+
+
+class Crash(Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.mark.parametrize("status", ["confidence", "count"])
+def test_killed_run_resumes_where_it_stopped(tmp_path, status):
+    extra = {"method.status": status}
+    full = train(load_config(None, tiny(tmp_path, "full", **extra)))
+    cfg = load_config(None, tiny(tmp_path, "killed", **extra))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, callbacks=(Crash(),))
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        train(cfg)  # never overwrite a run silently
+    assert main(["train", "--resume", str(tmp_path / "killed")]) == 0
+    a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 16
+    for key, value in a["state_dict"].items():
+        assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
+    assert any(k.startswith("teacher.") for k in a["state_dict"]) and any(
+        k.startswith("method.rule") for k in a["state_dict"]
+    )
+
+
+def test_real_ham10000_smoke_train_evaluate_predict(tmp_path, shared_data, capsys):
+    ham = shared_data / "isic2018_ham10000"
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    for name, n in (("training", 240), ("validation", 60), ("testing", 60)):
+        t = read_labels(shared_data / "ssl_splits" / "skin_racmt" / f"{name}.csv", ISIC_CLASSES)
+        write_split_csv(splits / f"{name}.csv", list(t.images[:n]), t.targets[:n], ISIC_CLASSES)
+    run = tmp_path / "ham"
+    args = [
+        "train",
+        "--config",
+        "isic2018_cpu",
+        f"--run_dir={run}",
+        f"--data.images={ham / 'images_200x150'}",
+        f"--data.labels={ham / 'labels' / 'HAM10000_metadata.csv'}",
+        f"--data.splits={splits}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        "--data.image_size=32",
+        "--data.num_workers=0",
+        "--train.epochs=1",
+        "--train.steps_per_epoch=3",
+        "--train.progress_bar=false",
+    ]
+    assert main(args) == 0
+    assert (run / "splits" / "labeled.csv").read_text().count("\n") == 1 + 48  # 20% of 240, header + rows
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--split", "testing", "--out", str(tmp_path / "eval.json")]) == 0
+    report = capsys.readouterr().out
+    assert "testing, teacher" in report and "testing, student" in report and "confusion" in report
+    assert json.loads((tmp_path / "eval.json").read_text())["testing/teacher"]["standard/auc"] > 0
+    official = read_labels(ham / "labels" / "ISIC2018_Task3_Test_GroundTruth.csv", ISIC_CLASSES)
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(str(ham / "test_images_224" / f"{im}.jpg") for im in official.images[:20]))
+    assert main(["predict", str(run), "--images", str(listing), "--out", str(tmp_path / "pred.csv")]) == 0
+    rows = (tmp_path / "pred.csv").read_text().splitlines()
+    assert rows[0] == "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC" and len(rows) == 21
+    assert rows[1].split(",")[0] == official.images[0]
+    assert sum(float(v) for v in rows[1].split(",")[1:]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "missing.ckpt")]) == 2
+    assert "checkpoint" in capsys.readouterr().err
+    images = tmp_path / "none"
+    images.mkdir()
+    assert main(["predict", str(tmp_path / "x.ckpt"), "--images", str(images), "--out", "o.csv"]) == 2
