@@ -107,6 +107,16 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"run folders: {base.run_dir}/mean_teacher, {base.run_dir}/clcp_mt (chance balanced accuracy: 14.29)")
 
 
+def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .bench import bench
+
+    if overrides:
+        raise ConfigError(f"bench takes no config overrides (put them in the grid file); got {' '.join(overrides)}")
+    out = bench(args.grid, only_report=args.report)
+    print((out / "results.md").read_text())
+    print(f"results: {out / 'results.csv'}, {out / 'results.md'}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="clcpmt", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -137,6 +147,10 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", default="best", choices=("best", "last"))
     pr.add_argument("--model", default="teacher", choices=("teacher", "student"))
     pr.set_defaults(func=cmd_predict)
+    b = sub.add_parser("bench", help="run a method x labeled x seed grid (resumable) and tabulate it")
+    b.add_argument("grid", help="grid YAML file (see benchmarks/)")
+    b.add_argument("--report", action="store_true", help="only collect finished runs into the tables")
+    b.set_defaults(func=cmd_bench)
     d = sub.add_parser("demo", help="Mean Teacher vs CLCP-MT on embedded synthetic data (CPU, minutes)")
     d.set_defaults(func=cmd_demo)
     return p

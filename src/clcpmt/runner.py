@@ -23,6 +23,7 @@ from .methods import METHODS, build_method
 from .metrics import format_report, srcmt_metrics, standard_metrics
 from .model import create_student
 from .module import SSLModule
+from .plots import plot_training
 
 log = logging.getLogger("clcpmt")
 
@@ -131,6 +132,10 @@ def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
     results = evaluate_parts(best.best_model_path or str(last), data, ("validation", "testing"))
+    results["best_epoch"] = (
+        int(torch.load(best.best_model_path, weights_only=False)["epoch"]) if best.best_model_path else -1
+    )
+    plot_training(run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     return run_dir
 
@@ -192,7 +197,7 @@ def evaluate_parts(checkpoint: str | Path, data: PreparedData, parts: tuple[str,
     return results
 
 
-def evaluate_csv(checkpoint: str | Path, labels: str | Path, images: str | Path) -> dict:
+def evaluate_csv(checkpoint: str | Path, labels: str | Path, images: str | Path, verbose: bool = True) -> dict:
     """Evaluate on an external labeled set: a label CSV (any supported format) and its image folder."""
     module, cfg = load_system(checkpoint)
     table = read_labels(labels, tuple(module.classes))
@@ -200,7 +205,7 @@ def evaluate_csv(checkpoint: str | Path, labels: str | Path, images: str | Path)
     data = PreparedData(
         tuple(module.classes), list(table.images), array, table.targets, {"external": np.arange(len(table.images))}
     )
-    return evaluate_parts(checkpoint, data, ("external",))
+    return evaluate_parts(checkpoint, data, ("external",), verbose)
 
 
 def list_images(source: str | Path) -> list[Path]:

@@ -1,0 +1,161 @@
+"""Benchmark grids: method × labeled fraction × seed from one YAML file; resumable; one CSV and a Markdown table.
+
+Each run is a separate `clcpmt train` process (a crash or kill loses at most that run's current epoch); a run with
+a metrics.json is finished and skipped, a run with only a last.ckpt is resumed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .config import ConfigError, _build
+
+
+@dataclass(frozen=True)
+class Grid:
+    config: str = "isic2018_cpu"  # base training config (path or packaged name)
+    out: str = "runs/bench"
+    methods: tuple[str, ...] = ("supervised", "mean_teacher", "fixmatch", "flexmatch", "freematch", "clcp_mt")
+    labeled: tuple[float, ...] = (0.2,)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    overrides: tuple[str, ...] = ()  # extra --section.key=value for every run
+    extra_runs: tuple[str, ...] = ()  # "method:labeled:seed" runs beyond the full grid (ablations, 5%/10%)
+    official_labels: str = ""  # second test set (never used to choose anything): label CSV ...
+    official_images: str = ""  # ... and its image folder
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read a grid YAML file (keys of Grid; unknown keys are errors naming the file)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"grid file {path} does not exist")
+    grid = _build(Grid, yaml.safe_load(Path(path).read_text()) or {}, "", str(path))
+    for spec in grid.extra_runs:
+        if len(spec.split(":")) != 3:
+            raise ConfigError(f"{path}: extra_runs entry '{spec}' must be method:labeled:seed")
+    return grid
+
+
+def grid_runs(grid: Grid) -> list[tuple[str, float, int]]:
+    """(method, labeled, seed) of every run, seed-major so that a partial grid already covers every method."""
+    runs = [(m, lab, s) for s in grid.seeds for lab in grid.labeled for m in grid.methods]
+    runs += [(m, float(lab), int(s)) for m, lab, s in (spec.split(":") for spec in grid.extra_runs)]
+    return list(dict.fromkeys(runs))
+
+
+def run_name(method: str, labeled: float, seed: int) -> str:
+    return f"{method}_lab{labeled:g}_seed{seed}"
+
+
+def run_one(grid: Grid, method: str, labeled: float, seed: int) -> Path:
+    """Train (or resume, or skip) one run and evaluate it on the official test set."""
+    run_dir = Path(grid.out) / run_name(method, labeled, seed)
+    if not (run_dir / "metrics.json").is_file():
+        cmd = [sys.executable, "-m", "clcpmt.cli", "train"]
+        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+            cmd += ["--resume", str(run_dir)]
+        else:
+            cmd += [
+                "--config",
+                grid.config,
+                f"--run_dir={run_dir}",
+                f"--method.name={method}",
+                f"--data.labeled={labeled}",
+                f"--data.seed={seed}",
+                f"--train.seed={seed}",
+                *grid.overrides,
+            ]
+        start = time.time()
+        subprocess.run(cmd + ["--train.progress_bar=false"], check=True)
+        (run_dir / "wall_time.txt").write_text(f"{time.time() - start:.0f}\n")
+    official = run_dir / "official_test.json"
+    if grid.official_labels and not official.is_file():
+        from .runner import evaluate_csv
+
+        res = evaluate_csv(
+            run_dir / "checkpoints" / "best.ckpt", grid.official_labels, grid.official_images, verbose=False
+        )
+        official.write_text(json.dumps(res["external/teacher"], indent=2))
+    return run_dir
+
+
+def collect(grid: Grid) -> list[dict]:
+    """One row per finished run: its test-split metrics (teacher, best validation epoch) and the official test."""
+    rows = []
+    for method, labeled, seed in grid_runs(grid):
+        run_dir = Path(grid.out) / run_name(method, labeled, seed)
+        if not (run_dir / "metrics.json").is_file():
+            continue
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        row = {"method": method, "labeled": labeled, "seed": seed}
+        row |= {k: v for k, v in metrics["testing/teacher"].items() if k != "confusion"}
+        row |= {f"val_{k}": v for k, v in metrics["validation/teacher"].items() if k.startswith("standard/")}
+        if (run_dir / "official_test.json").is_file():
+            row["official/bacc"] = json.loads((run_dir / "official_test.json").read_text())["standard/bacc"]
+        wall = run_dir / "wall_time.txt"
+        row["wall_s"] = float(wall.read_text()) if wall.is_file() else float("nan")
+        rows.append(row)
+    return rows
+
+
+COLUMNS = [
+    ("standard/auc", "AUC"),
+    ("standard/bacc", "BAcc"),
+    ("standard/f1", "F1"),
+    ("sens/AKIEC", "AKIEC rec"),
+    ("sens/DF", "DF rec"),
+    ("sens/VASC", "VASC rec"),
+    ("srcmt/auc", "srcmt AUC"),
+    ("srcmt/acc", "Acc"),
+    ("srcmt/sens", "Sens"),
+    ("srcmt/spec", "Spec"),
+    ("srcmt/f1", "srcmt F1"),
+    ("official/bacc", "ISIC test BAcc"),
+]
+
+
+def markdown(rows: list[dict]) -> str:
+    """Mean ± std over seeds per (method, labeled) for COLUMNS; n = number of seeds."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["labeled"]), []).append(r)
+    head = "| method | labeled | n | " + " | ".join(name for _, name in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (3 + len(COLUMNS))]
+    for (method, labeled), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        cells = []
+        for key, _ in COLUMNS:
+            vals = np.array([r.get(key, np.nan) for r in rs], dtype=float)
+            vals = vals[~np.isnan(vals)]
+            if not len(vals):
+                cells.append("-")
+            else:
+                cells.append(f"{vals.mean():.2f} ± {vals.std(ddof=1):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}")
+        lines.append(f"| {method} | {labeled:g} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bench(grid_path: str | Path, only_report: bool = False) -> Path:
+    """Run every missing run of the grid, then write results.csv and results.md into grid.out."""
+    grid = load_grid(grid_path)
+    out = Path(grid.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not only_report:
+        for method, labeled, seed in grid_runs(grid):
+            run_one(grid, method, labeled, seed)
+    rows = collect(grid)
+    if rows:
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with open(out / "results.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+    (out / "results.md").write_text(markdown(rows) + "\n")
+    return out

@@ -1,0 +1,38 @@
+"""Per-run plot of the per-class thresholds, pseudo-label acceptance and precision over training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def plot_training(run_dir: str | Path) -> Path | None:
+    """Write run_dir/thresholds.png from logs/metrics.csv; None when the method has no pseudo-label rule."""
+    run_dir = Path(run_dir)
+    log = run_dir / "logs" / "metrics.csv"
+    if not log.is_file():
+        return None
+    df = pd.read_csv(log)
+    panels = [p for p in ("threshold", "accept_rate", "pl_precision") if any(c.startswith(p + "/") for c in df)]
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        cols = [c for c in df.columns if c.startswith(panel + "/")]
+        per_epoch = df.groupby("epoch")[cols].last()
+        for col in cols:
+            ax.plot(per_epoch.index, per_epoch[col], marker=".", label=col.split("/", 1)[1])
+        ax.set(title=panel.replace("_", " "), xlabel="epoch", ylim=(0, 1.02))
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(run_dir.name)
+    fig.tight_layout()
+    out = run_dir / "thresholds.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

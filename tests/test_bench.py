@@ -1,0 +1,36 @@
+import pytest
+
+from clcpmt.bench import bench, grid_runs, load_grid, markdown
+from clcpmt.config import ConfigError
+
+
+def test_grid_runs_and_errors(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("config: demo\nmethods: [a, b]\nseeds: [0, 1]\nextra_runs: ['a:0.1:0', 'a:0.2:0']\n")
+    runs = grid_runs(load_grid(path))
+    assert runs == [("a", 0.2, 0), ("b", 0.2, 0), ("a", 0.2, 1), ("b", 0.2, 1), ("a", 0.1, 0)]
+    path.write_text("config: demo\nseed: [0]\n")
+    with pytest.raises(ConfigError, match=r"g\.yaml: unknown key 'seed'; did you mean 'seeds'"):
+        load_grid(path)
+
+
+def test_markdown_mean_and_std():
+    rows = [{"method": "m", "labeled": 0.2, "seed": s, "standard/auc": v} for s, v in ((0, 80.0), (1, 90.0))]
+    table = markdown(rows)
+    assert "| m | 0.2 | 2 | 85.00 ± 7.07 |" in table
+
+
+def test_tiny_grid_runs_once_and_skips_finished_runs(tmp_path):
+    path = tmp_path / "g.yaml"
+    out = tmp_path / "bench"
+    path.write_text(
+        f"config: demo\nout: {out}\nmethods: [supervised, fixmatch]\nseeds: [0]\n"
+        "overrides: [--data.synthetic_size=300, --train.epochs=1, --train.steps_per_epoch=3, --data.num_workers=0]\n"
+    )
+    bench(path)
+    text = (out / "results.md").read_text()
+    assert "| supervised | 0.2 | 1 |" in text and "| fixmatch | 0.2 | 1 |" in text
+    assert (out / "fixmatch_lab0.2_seed0" / "thresholds.png").is_file()
+    stamp = (out / "supervised_lab0.2_seed0" / "metrics.json").stat().st_mtime
+    bench(path)
+    assert (out / "supervised_lab0.2_seed0" / "metrics.json").stat().st_mtime == stamp
