@@ -126,7 +126,7 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
 
 
 def _tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # (3, H, W) uint8
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1)  # (3, H, W) uint8, a writable copy of the cached row
 
 
 class LabeledViews(Dataset):
