@@ -19,7 +19,7 @@ class Student(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, proj_dim: int = 128) -> None:
         super().__init__()
         self.backbone = backbone
-        d = backbone.num_features
+        d = getattr(backbone, "head_hidden_size", None) or backbone.num_features  # timm: width of the pooled output
         self.classifier = nn.Linear(d, num_classes)
         self.projector = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, proj_dim))
 
