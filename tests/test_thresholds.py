@@ -56,6 +56,17 @@ def test_count_status_flexmatch_table_and_unused_in_max():
     assert status.table[0].item() == 0
 
 
+def test_count_status_incremental_counts_equal_a_recount():
+    g = torch.Generator().manual_seed(0)
+    status = CountStatus(num_classes=5, num_unlabeled=50, tau=0.5)
+    for _ in range(40):
+        probs = torch.softmax(torch.randn(12, 5, generator=g) * 3, dim=1)
+        status.update(probs, torch.randint(0, 50, (12,), generator=g))  # duplicates within a batch included
+        recount = torch.bincount(status.table[status.table >= 0], minlength=5)
+        assert torch.equal(status.counts, recount)
+    assert (status.table >= 0).sum() > 25
+
+
 def test_flexmatch_starts_at_zero_and_follows_counts():
     rule = FlexMatchThreshold(num_classes=2, num_unlabeled=4, tau=0.95)
     assert rule.thresholds(0.0).tolist() == [0.0, 0.0]  # FlexMatch accepts everything at step 0

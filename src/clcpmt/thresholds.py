@@ -108,25 +108,32 @@ class ConfidenceStatus(nn.Module):
 class CountStatus(nn.Module):
     """FlexMatch's curriculum: sigma(c) = #unlabeled samples whose latest confident (q >= tau) prediction is c.
 
-    The never-confident samples enter the max of the normalisation (FlexMatch's threshold warm-up).
+    The per-sample table and the per-class counts are both kept incrementally, so an update costs O(B_U). The
+    never-confident samples enter the max of the normalisation (FlexMatch's threshold warm-up).
     """
 
     def __init__(self, num_classes: int, num_unlabeled: int, tau: float = 0.95) -> None:
         super().__init__()
         self.num_classes, self.tau = num_classes, tau
         self.register_buffer("table", torch.full((num_unlabeled,), -1, dtype=torch.long))
+        self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.long))
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor, index: torch.Tensor) -> None:
         conf, pred = probs.max(dim=1)
         pred = torch.where(conf >= self.tau, pred, torch.full_like(pred, -1))
         index, pred = _all_gather(index.to(self.table.device)), _all_gather(pred.to(self.table.device))
-        confident = pred >= 0
-        self.table[index[confident]] = pred[confident]
+        index, pred = index[pred >= 0], pred[pred >= 0]
+        uniq, inverse = torch.unique(index, return_inverse=True)  # a sample seen twice in a step counts once
+        new = torch.empty_like(uniq).scatter_(0, inverse, pred)
+        old = self.table[uniq]
+        self.counts -= torch.bincount(old[old >= 0], minlength=self.num_classes)
+        self.counts += torch.bincount(new, minlength=self.num_classes)
+        self.table[uniq] = new
 
     def beta(self) -> torch.Tensor:
-        counts = torch.bincount(self.table[self.table >= 0], minlength=self.num_classes).float()
-        unused = (self.table < 0).sum().float()
+        counts = self.counts.float()
+        unused = len(self.table) - counts.sum()
         return counts / torch.maximum(counts.max(), unused).clamp_min(1.0)
 
 
