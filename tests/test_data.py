@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 from clcpmt.config import ISIC_CLASSES, load_config
-from clcpmt.data.datamodule import prepare_data
 from clcpmt.data.readers import DataError, cached_images, load_image, read_labels, resolve_images
+from clcpmt.data.sources import prepare_data
 from clcpmt.data.splits import draw_labeled, split_train_val_test
 from clcpmt.data.synthetic import HAM_COUNTS, class_counts, make_synthetic, write_image_folder
 
@@ -79,7 +79,7 @@ def test_corrupt_jpeg_names_the_file(tmp_path):
         load_image(bad, 16, True)
     with pytest.raises(DataError, match=r"ISIC_0000001\.jpg"):
         cached_images([bad], 16, True, tmp_path / "cache")
-    assert not list((tmp_path / "cache").glob("*.npy"))  # nothing half-written left as a valid cache
+    assert not [p for p in (tmp_path / "cache").glob("*.npy") if ".partial" not in p.name]  # no half-written cache
 
 
 def test_load_image_centre_crop_and_16bit(tmp_path):
@@ -102,6 +102,48 @@ def test_cache_is_reused(tmp_path):
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
     cached_images(paths, 16, False, tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+
+
+def test_interrupted_cache_resumes(tmp_path, monkeypatch):
+    import clcpmt.data.readers as readers
+
+    images, labels = make_synthetic(2100, 8)
+    table = read_labels(write_image_folder(tmp_path / "d", images, labels, fmt="png"), ISIC_CLASSES)
+    paths = resolve_images(table, tmp_path / "d" / "images")
+    calls = []
+    real = readers._load_one
+
+    def flaky(job):
+        calls.append(job[0])
+        if len(calls) == 2100 and not (tmp_path / "second").exists():
+            raise KeyboardInterrupt  # killed near the end
+        return real(job)
+
+    monkeypatch.setattr(readers, "_load_one", flaky)
+    monkeypatch.setattr(readers, "Pool", _SerialPool)
+    with pytest.raises(KeyboardInterrupt):
+        cached_images(paths, 8, False, tmp_path / "cache")
+    (tmp_path / "second").touch()
+    calls.clear()
+    out = cached_images(paths, 8, False, tmp_path / "cache")
+    assert len(calls) == 2100 - 2048  # only the images after the last saved progress are decoded again
+    assert np.array_equal(np.asarray(out), images)
+
+
+class _SerialPool:
+    """Pool stand-in that runs in this process (so the test can monkeypatch the decoder)."""
+
+    def __init__(self, n):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def imap(self, fn, jobs, chunksize=1):
+        return map(fn, jobs)
 
 
 def test_splits_are_stratified_and_reproducible():

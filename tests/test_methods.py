@@ -28,12 +28,15 @@ LOW = dict(tau=0.3, tau_min=0.0, warmup_epochs=0.0, rampup_epochs=0.0)  # accept
 LATE = Progress(step=100, epoch=50.0)
 
 
-def make_batch(seed: int = 0) -> SSLBatch:
+def make_batch(seed: int = 0, task: str = "single") -> SSLBatch:
     g = torch.Generator().manual_seed(seed)
+    y = torch.tensor([0, 0, 1, 1, 2, 3])
+    if task == "multi":
+        y = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 1]]).float()
     return SSLBatch(
         x1=torch.randn(6, 3, 8, 8, generator=g),
         x2=torch.randn(6, 3, 8, 8, generator=g),
-        y=torch.tensor([0, 0, 1, 1, 2, 3]),
+        y=y,
         u_weak=torch.randn(10, 3, 8, 8, generator=g),
         u_student=torch.randn(10, 3, 8, 8, generator=g),
         u_index=torch.arange(10),
@@ -51,11 +54,11 @@ def make_models(seed: int = 0) -> tuple[Student, Student]:
     return student, teacher.requires_grad_(False).eval()
 
 
-def student_grads(name: str, eval_bn: bool = False, **hp) -> list[torch.Tensor]:
+def student_grads(name: str, eval_bn: bool = False, task: str = "single", **hp) -> list[torch.Tensor]:
     student, teacher = make_models()
     student.train(not eval_bn)
-    method = build_method(name, C, num_unlabeled=10, **{**LOW, **hp})
-    out = method.step(make_batch(), student, teacher, LATE)
+    method = build_method(name, C, num_unlabeled=10, task=task, **{**LOW, **hp})
+    out = method.step(make_batch(task=task), student, teacher, LATE)
     out.loss.backward()
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in student.parameters()]
 
@@ -64,13 +67,14 @@ def differs(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return any(not torch.allclose(x, y, atol=1e-7) for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.parametrize("task", ["single", "multi"])
 @pytest.mark.parametrize("name", list(METHODS))
-def test_every_method_gives_a_finite_loss_and_leaves_the_teacher_alone(name):
+def test_every_method_gives_a_finite_loss_and_leaves_the_teacher_alone(name, task):
     student, teacher = make_models()
     teacher.requires_grad_(True)  # even if someone forgets requires_grad_(False), no gradient may reach it
     before = copy.deepcopy(teacher.state_dict())
-    method = build_method(name, C, num_unlabeled=10, **LOW)
-    out = method.step(make_batch(), student, teacher, LATE)
+    method = build_method(name, C, num_unlabeled=10, task=task, **LOW)
+    out = method.step(make_batch(task=task), student, teacher, LATE)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
@@ -93,10 +97,12 @@ TERMS = [  # (method, weight that switches one unlabeled/contrastive term off)
 ]
 
 
+@pytest.mark.parametrize("task", ["single", "multi"])
 @pytest.mark.parametrize(("name", "weight"), TERMS)
-def test_each_term_sends_nonzero_gradient_to_the_student(name, weight):
+def test_each_term_sends_nonzero_gradient_to_the_student(name, weight, task):
     """USB's Mean Teacher once had a zero-gradient consistency loss: each term must change the student's gradient."""
-    with_term, without_term = student_grads(name, **{weight: 1.0}), student_grads(name, **{weight: 0.0})
+    with_term = student_grads(name, task=task, **{weight: 1.0})
+    without_term = student_grads(name, task=task, **{weight: 0.0})
     assert differs(with_term, without_term)
 
 

@@ -4,7 +4,14 @@ import torch
 from sklearn import metrics as skm
 
 from clcpmt.config import ISIC_CLASSES
-from clcpmt.metrics import argmax_with_ties, format_report, srcmt_metrics, standard_metrics
+from clcpmt.metrics import (
+    argmax_with_ties,
+    f1_thresholds,
+    format_report,
+    multilabel_metrics,
+    srcmt_metrics,
+    standard_metrics,
+)
 
 
 def random_pair(seed: int, n: int = 300, c: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,3 +93,25 @@ def test_format_report_lists_every_class():
     probs, targets = random_pair(0)
     text = format_report(probs, targets, ISIC_CLASSES, "validation")
     assert all(c in text for c in ISIC_CLASSES) and "balanced acc" in text and "srcmt" in text
+
+
+def test_multilabel_metrics_equal_sklearn_and_f1_thresholds_maximise_f1():
+    g = torch.Generator().manual_seed(4)
+    targets = (torch.rand(200, 5, generator=g) < torch.tensor([0.4, 0.3, 0.2, 0.1, 0.05])).float()
+    probs = (torch.rand(200, 5, generator=g) + targets * 0.6).clamp(max=1) * 0.9
+    y, p = targets.numpy(), probs.numpy()
+    thr = f1_thresholds(probs, targets)
+    m = multilabel_metrics(probs, targets, thr)
+    assert np.allclose(m["auc_c"].numpy(), [skm.roc_auc_score(y[:, k], p[:, k]) for k in range(5)], atol=1e-6)
+    f1 = [skm.f1_score(y[:, k], p[:, k] >= thr[k].item()) for k in range(5)]
+    assert np.allclose(m["f1_c"].numpy(), f1, atol=1e-6)
+    for k in range(5):  # no other threshold gives a higher F1
+        best = max(skm.f1_score(y[:, k], p[:, k] >= t) for t in np.unique(p[:, k]))
+        assert f1[k] == pytest.approx(best, abs=1e-6)
+
+
+def test_auc_of_a_class_without_positives_is_left_out_of_the_mean():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    m = multilabel_metrics(probs, targets)
+    assert torch.isnan(m["auc_c"][1]) and m["auc"].item() == pytest.approx(1.0)

@@ -146,3 +146,13 @@ def test_rule_state_round_trips_through_state_dict(make):
     assert not torch.equal(fresh.thresholds(10.0), rule.thresholds(10.0))
     fresh.load_state_dict(rule.state_dict())
     assert torch.equal(fresh.thresholds(10.0), rule.thresholds(10.0))
+
+
+def test_count_status_multilabel_incremental_and_unused():
+    status = CountStatus(num_classes=2, num_unlabeled=4, tau=0.9, task="multi")
+    status.update(torch.tensor([[0.95, 0.5], [0.05, 0.5], [0.5, 0.5]]), torch.tensor([0, 1, 2]))
+    # sample 0: finding 0 positive; sample 1: finding 0 negative; sample 2 and 3 never confident
+    assert status.counts.tolist() == [1, 0] and status.unused.item() == 2
+    assert torch.allclose(status.beta(), torch.tensor([0.5, 0.0]))
+    status.update(torch.tensor([[0.5, 0.97], [0.5, 0.5]]), torch.tensor([0, 3]))  # sample 0 keeps finding 0
+    assert status.table[0].tolist() == [1, 1] and status.counts.tolist() == [1, 1] and status.unused.item() == 2

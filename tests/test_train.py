@@ -20,6 +20,7 @@ def tiny(tmp_path, name="run", method="clcp_mt", **extra) -> list[str]:
         "data.image_size": 32,
         "data.num_workers": 0,
         "method.name": method,
+        "model.backbone": "resnet10t",
         "method.warmup_epochs": 1,
         "method.rampup_epochs": 1,
         "train.epochs": 2,

@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
-    from .data.datamodule import prepare_data
+    from .data.sources import prepare_data
     from .runner import evaluate_csv, evaluate_parts, load_system
 
     if overrides:
@@ -70,9 +70,8 @@ def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
         _, cfg = load_system(ckpt)
         run_dir = Path(args.target) if Path(args.target).is_dir() else ckpt.parent.parent
         splits = run_dir / "splits"  # the run's own split files: exactly the images it was trained against
-        data_cfg = (
-            replace(cfg.data, splits=str(splits)) if splits.is_dir() and cfg.data.dataset == "folder" else cfg.data
-        )
+        own = splits.is_dir() and cfg.data.dataset in ("folder", "chestxray14")
+        data_cfg = replace(cfg.data, splits=str(splits)) if own else cfg.data
         results = evaluate_parts(ckpt, prepare_data(data_cfg), tuple(args.split))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))

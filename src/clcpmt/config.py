@@ -25,11 +25,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "synthetic"  # synthetic | folder
-    images: str = ""  # folder of images (folder datasets)
-    labels: str = ""  # CSV: ISIC one-hot ground truth, HAM10000_metadata.csv, or image,label
-    splits: str = ""  # folder with SRC-MT CSVs (training/validation/testing[, labeled]); "" = draw 7:1:2
-    classes: tuple[str, ...] = ISIC_CLASSES
+    dataset: str = "synthetic"  # synthetic | synthetic_multilabel | folder | chestxray14 | medmnist
+    images: str = ""  # image folder (folder, chestxray14: the NIH root with images/ or images_*/images/)
+    labels: str = ""  # folder: ISIC one-hot CSV, HAM10000_metadata.csv or image,label; chestxray14: Data_Entry CSV;
+    # medmnist: the .npz file
+    splits: str = ""  # folder with SRC-MT CSVs (training/validation/testing[, labeled]); "" = draw them
+    train_list: str = ""  # chestxray14: train_val_list.txt (or a CheXNet / PEFAT list or CSV)
+    val_list: str = ""  # chestxray14: validation list; "" = hold out val_fraction of train_list's patients
+    test_list: str = ""  # chestxray14: test_list.txt
+    val_fraction: float = 0.1
+    classes: tuple[str, ...] = ()  # () = the dataset's own (ISIC's 7, ChestX-ray14's 14 findings, MedMNIST's ids)
     labeled: float = 0.2  # fraction of the training split (<= 1; 1.0 = all labels) or a count (> 1)
     image_size: int = 64
     center_crop: bool = True  # square centre crop of the short side before resizing (as the ISIC test images)
@@ -60,6 +65,7 @@ class MethodConfig:
     sde_temperature: float = 0.1
     tau: float = 0.95
     tau_min: float = 0.5
+    tau_negative: float = 0.95  # multi-label: a finding is a negative pseudo-label when p <= 1 - tau_negative
     status: str = "confidence"  # confidence | count
     momentum: float = 0.999
     warmup_epochs: float = 5.0
@@ -93,7 +99,7 @@ class Config:
 
 
 CHOICES = {
-    "data.dataset": ("synthetic", "folder"),
+    "data.dataset": ("synthetic", "synthetic_multilabel", "folder", "chestxray14", "medmnist"),
     "method.status": ("confidence", "count"),
     "train.schedule": ("exponential", "cosine"),
     "train.precision": ("32-true", "bf16-mixed", "16-mixed"),
@@ -210,8 +216,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError("method.ema_decay and method.momentum must be in [0, 1)")
     if cfg.data.labeled <= 0:
         raise ConfigError(f"data.labeled must be a fraction in (0, 1) or a count >= 1; got {cfg.data.labeled}")
-    if cfg.data.dataset == "folder" and not (cfg.data.images and cfg.data.labels):
+    d = cfg.data
+    if d.dataset == "folder" and not (d.images and d.labels):
         raise ConfigError("data.dataset=folder needs data.images (an image folder) and data.labels (a CSV)")
+    if d.dataset == "chestxray14" and not (d.images and d.labels and (d.splits or (d.train_list and d.test_list))):
+        raise ConfigError("data.dataset=chestxray14 needs data.images, data.labels (Data_Entry_2017*.csv) and "
+                          "data.train_list + data.test_list (or data.splits)")  # fmt: skip
+    if d.dataset == "medmnist" and not d.labels:
+        raise ConfigError("data.dataset=medmnist needs data.labels, the path of the MedMNIST .npz file")
     if cfg.data.image_size < 8 or cfg.train.epochs < 1:
         raise ConfigError("data.image_size must be >= 8 and train.epochs >= 1")
 

@@ -99,9 +99,9 @@ def build_rule(
     if name == "fixed":
         return FixedThreshold(num_classes, tau)
     if name == "flexmatch":
-        return FlexMatchThreshold(num_classes, num_unlabeled, tau)
+        return FlexMatchThreshold(num_classes, num_unlabeled, tau, task)
     if name == "freematch":
-        return FreeMatchThreshold(num_classes, momentum)
+        return FreeMatchThreshold(num_classes, momentum, task)
     if name == "capr":
         return CAPRThreshold(num_classes, num_unlabeled, tau, tau_min, momentum, warmup_epochs, status, task)
     raise ValueError(f"unknown threshold rule '{name}'; expected fixed, flexmatch, freematch or capr")
@@ -127,9 +127,10 @@ class SSLMethod(nn.Module):
         warmup_epochs: float = 5.0,
         status: str = "confidence",
         mt_on_labeled: bool = True,
+        tau_negative: float = 0.95,
     ) -> None:
         super().__init__()
-        self.recipe, self.task = recipe, task
+        self.recipe, self.task, self.negative_threshold = recipe, task, 1.0 - tau_negative
         self.lambda_mt, self.lambda_sde, self.lambda_pl = lambda_mt, lambda_sde, lambda_pl
         self.rampup_epochs, self.sde_temperature, self.mt_on_labeled = rampup_epochs, sde_temperature, mt_on_labeled
         self.rule = None
@@ -169,7 +170,7 @@ class SSLMethod(nn.Module):
             p_pl = p_teacher[:n_u] if r.pl_source == "teacher" else probabilities(logits[-n_u:].detach(), task)
             self.rule.update(p_pl, b.u_index)
             out.thresholds = self.rule.thresholds(progress.epoch).to(p_pl.device)
-            out.pseudo, out.mask = select_pseudo_labels(p_pl, out.thresholds, task)
+            out.pseudo, out.mask = select_pseudo_labels(p_pl, out.thresholds, task, self.negative_threshold)
             logs["loss/pl"] = pseudo_label_loss(logits_us, out.pseudo, out.mask, task)
             logs["mask_rate"] = out.mask.float().mean()
             out.loss = out.loss + (w if r.pl_source == "teacher" else 1.0) * self.lambda_pl * logs["loss/pl"]

@@ -7,6 +7,7 @@ here because the ISIC2018 score counts ties in the argmax as wrong ("undecided")
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_auroc, multilabel_auroc, multilabel_stat_scores
 
 SRCMT_THRESHOLD = 0.18
@@ -14,6 +15,12 @@ SRCMT_THRESHOLD = 0.18
 
 def _safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(b > 0, a / b.clamp_min(1e-12), torch.zeros_like(a))
+
+
+def _defined_auc(auc_c: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """Per-class AUC with NaN where a class has no positive or no negative (AUC undefined; torchmetrics says 0)."""
+    positives = onehot.sum(0)
+    return torch.where((positives > 0) & (positives < len(onehot)), auc_c, torch.full_like(auc_c, float("nan")))
 
 
 def argmax_with_ties(probs: torch.Tensor) -> torch.Tensor:
@@ -46,9 +53,9 @@ def standard_metrics(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, to
     tn = len(targets) - tp - fp - fn
     sens, spec = _safe_div(tp, support), _safe_div(tn, tn + fp)
     f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
-    auc_c = multiclass_auroc(probs, targets, num_classes=c, average=None)
+    auc_c = _defined_auc(multiclass_auroc(probs, targets, num_classes=c, average=None), F.one_hot(targets, c))
     return {
-        "auc": auc_c.mean(),
+        "auc": auc_c.nanmean(),
         "bacc": sens.mean(),
         "f1": f1.mean(),
         "auc_c": auc_c,
@@ -59,21 +66,56 @@ def standard_metrics(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, to
     }
 
 
+def f1_thresholds(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-finding threshold that maximises F1 (choose it on validation). probs, targets: (N, C) -> (C,)."""
+    p_sorted, order = probs.float().sort(dim=0, descending=True)
+    y = targets.float().gather(0, order)  # (N, C) labels in descending-probability order
+    tp = y.cumsum(0)
+    f1 = 2 * tp / (torch.arange(1, len(y) + 1, device=y.device)[:, None] + y.sum(0)).clamp_min(1)
+    return p_sorted.gather(0, f1.argmax(0, keepdim=True))[0]
+
+
+def multilabel_metrics(
+    probs: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Multi-label standard protocol (ChestX-ray14). probs, targets: (N, C); thresholds (C,) default 0.5.
+
+    Returns auc (mean of per-finding AUCs, the headline), f1 (mean of per-finding F1 at the thresholds) and the
+    per-finding tensors auc_c, f1_c, sens_c, spec_c, thresholds.
+    """
+    probs, targets = probs.float(), targets.float()
+    c = probs.shape[1]
+    thr = torch.full((c,), 0.5) if thresholds is None else thresholds.float()
+    pred = (probs >= thr[None, :]).float()
+    tp, fp = (pred * targets).sum(0), (pred * (1 - targets)).sum(0)
+    fn, tn = ((1 - pred) * targets).sum(0), ((1 - pred) * (1 - targets)).sum(0)
+    auc_c = _defined_auc(multilabel_auroc(probs, targets.int(), num_labels=c, average=None), targets)
+    f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
+    sens, spec = _safe_div(tp, tp + fn), _safe_div(tn, tn + fp)
+    return {"auc": auc_c.nanmean(), "f1": f1.mean(), "auc_c": auc_c, "f1_c": f1, "sens_c": sens, "spec_c": spec,
+            "thresholds": thr}  # fmt: skip
+
+
+def classification_metrics(probs: torch.Tensor, targets: torch.Tensor, task: str = "single") -> dict[str, torch.Tensor]:
+    """The standard protocol of `task`: standard_metrics (single-label) or multilabel_metrics (multi-label)."""
+    return standard_metrics(probs, targets) if task == "single" else multilabel_metrics(probs, targets)
+
+
 def srcmt_metrics(
     probs: torch.Tensor, targets: torch.Tensor, threshold: float = SRCMT_THRESHOLD
 ) -> dict[str, torch.Tensor]:
     """SRC-MT protocol: per class one-vs-rest, binarised at p >= threshold; unweighted means over classes.
 
-    probs: (N, C); targets: (N,) class indices. Returns auc, acc, sens, spec, f1 (scalars).
+    probs: (N, C); targets: (N,) class indices, or (N, C) 0/1 for multi-label. Returns auc, acc, sens, spec, f1.
     """
     probs, c = probs.float(), probs.shape[1]
-    onehot = torch.nn.functional.one_hot(targets.long(), c)
+    onehot = targets.long() if targets.ndim == 2 else torch.nn.functional.one_hot(targets.long(), c)
     # torchmetrics binarises with p > threshold; SRC-MT uses p >= threshold, so shift by one ulp
     below = torch.nextafter(torch.tensor(threshold), torch.tensor(0.0)).item()
     tp, fp, tn, fn, _ = multilabel_stat_scores(probs, onehot, num_labels=c, threshold=below, average=None).float().T
-    auc = multilabel_auroc(probs, onehot, num_labels=c, average=None)
+    auc = _defined_auc(multilabel_auroc(probs, onehot, num_labels=c, average=None), onehot)
     return {
-        "auc": auc.mean(),
+        "auc": auc.nanmean(),
         "acc": ((tp + tn) / (tp + tn + fp + fn)).mean(),
         "sens": _safe_div(tp, tp + fn).mean(),
         "spec": _safe_div(tn, tn + fp).mean(),
@@ -81,23 +123,35 @@ def srcmt_metrics(
     }
 
 
-def format_report(probs: torch.Tensor, targets: torch.Tensor, classes: tuple[str, ...], title: str) -> str:
-    """A plain-text report: both protocols, the per-class table and the confusion matrix."""
-    s, m = standard_metrics(probs, targets), srcmt_metrics(probs, targets)
-    lines = [
-        f"== {title}: {len(targets)} images",
-        f"standard  macro AUC {100 * s['auc']:.2f}  balanced acc {100 * s['bacc']:.2f}  macro F1 {100 * s['f1']:.2f}",
-        "srcmt     " + "  ".join(f"{k.upper()} {100 * v:.2f}" for k, v in m.items()),
-        f"{'class':<8}{'n':>6}{'AUC':>8}{'sens':>8}{'spec':>8}{'F1':>8}",
-    ]
-    support = torch.bincount(targets.long(), minlength=len(classes))
+def format_report(
+    probs: torch.Tensor, targets: torch.Tensor, classes: tuple[str, ...], title: str,
+    thresholds: torch.Tensor | None = None,
+) -> str:  # fmt: skip
+    """A plain-text report: both protocols, the per-class table and (single-label) the confusion matrix.
+
+    Multi-label: F1 at `thresholds` (chosen on validation; 0.5 when None); srcmt binarises at 0.5.
+    """
+    multi = targets.ndim == 2
+    s = multilabel_metrics(probs, targets, thresholds) if multi else standard_metrics(probs, targets)
+    m = srcmt_metrics(probs, targets, 0.5 if multi else SRCMT_THRESHOLD)
+    if multi:
+        where = "validation-chosen thresholds" if thresholds is not None else "threshold 0.5"
+        head = f"standard  mean AUC {100 * s['auc']:.2f}  mean F1 {100 * s['f1']:.2f} ({where})"
+        support = targets.sum(0).long()
+    else:
+        head = (f"standard  macro AUC {100 * s['auc']:.2f}  balanced acc {100 * s['bacc']:.2f}  "
+                f"macro F1 {100 * s['f1']:.2f}")  # fmt: skip
+        support = torch.bincount(targets.long(), minlength=len(classes))
+    w = max(8, max(len(c) for c in classes) + 1)
+    srcmt = "srcmt     " + "  ".join(f"{k.upper()} {100 * v:.2f}" for k, v in m.items())
+    lines = [f"== {title}: {len(targets)} images", head, srcmt,
+             f"{'class':<{w}}{'n':>6}{'AUC':>8}{'sens':>8}{'spec':>8}{'F1':>8}"]  # fmt: skip
     for i, name in enumerate(classes):
-        lines.append(
-            f"{name:<8}{int(support[i]):>6}"
-            + "".join(f"{100 * s[k][i]:>8.2f}" for k in ("auc_c", "sens_c", "spec_c", "f1_c"))
-        )
-    lines.append("confusion (rows truth, columns prediction): " + " ".join(classes))
-    lines += [
-        f"{name:<8}" + "".join(f"{int(v):>7}" for v in row) for name, row in zip(classes, s["confusion"], strict=True)
-    ]
+        cells = "".join(f"{100 * s[k][i]:>8.2f}" for k in ("auc_c", "sens_c", "spec_c", "f1_c"))
+        lines.append(f"{name:<{w}}{int(support[i]):>6}" + cells)
+    if not multi:
+        lines.append("confusion (rows truth, columns prediction): " + " ".join(classes))
+        lines += [
+            f"{n:<{w}}" + "".join(f"{int(v):>7}" for v in row) for n, row in zip(classes, s["confusion"], strict=True)
+        ]
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from torchmetrics import CatMetric
 
 from .losses import ema_update, probabilities
 from .methods import Progress, SSLBatch, SSLMethod
-from .metrics import standard_metrics
+from .metrics import classification_metrics
 from .model import Student
 
 
@@ -72,8 +72,10 @@ class SSLModule(L.LightningModule):
         self.log_dict(
             {f"train/{k}": v for k, v in out.logs.items()}, on_step=False, on_epoch=True, batch_size=b.x1.shape[0]
         )
-        if out.mask is not None and self.task == "single":
-            self._accumulate_pl_stats(out, b.u_hidden)
+        if out.thresholds is not None:
+            self.last_thresholds = out.thresholds.detach().cpu()
+            if self.task == "single":  # acceptance and precision per class; multi-label logs thresholds only
+                self._accumulate_pl_stats(out, b.u_hidden)
         return out.loss
 
     def on_train_batch_end(self, outputs: object, batch: dict, batch_idx: int) -> None:
@@ -90,7 +92,6 @@ class SSLModule(L.LightningModule):
         self.pl_stats[0] += torch.bincount(pseudo, minlength=c)
         self.pl_stats[1] += torch.bincount(pseudo[mask], minlength=c)
         self.pl_stats[2] += torch.bincount(pseudo[correct], minlength=c)
-        self.last_thresholds = out.thresholds.detach().cpu()
 
     def on_train_epoch_end(self) -> None:
         """Per class: threshold, acceptance rate among samples predicted c, precision of accepted pseudo-labels."""
@@ -98,8 +99,9 @@ class SSLModule(L.LightningModule):
             predicted, accepted, correct = self.pl_stats
             for i, name in enumerate(self.classes):
                 self.log(f"threshold/{name}", self.last_thresholds[i].item())
-                self.log(f"accept_rate/{name}", (accepted[i] / predicted[i]).item() if predicted[i] else 0.0)
-                self.log(f"pl_precision/{name}", (correct[i] / accepted[i]).item() if accepted[i] else float("nan"))
+                if self.task == "single":
+                    self.log(f"accept_rate/{name}", (accepted[i] / predicted[i]).item() if predicted[i] else 0.0)
+                    self.log(f"pl_precision/{name}", (correct[i] / accepted[i]).item() if accepted[i] else float("nan"))
         self._reset_pl_stats()
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
@@ -110,12 +112,14 @@ class SSLModule(L.LightningModule):
         self.val_targets.update(y)
 
     def on_validation_epoch_end(self) -> None:
-        targets = self.val_targets.compute().long()
+        c = len(self.classes)
+        targets = self.val_targets.compute()
+        targets = targets.long() if self.task == "single" else targets.reshape(-1, c)
         for who, metric in self.val_probs.items():
-            probs = metric.compute().reshape(len(targets), -1)
-            m = standard_metrics(probs, targets)
+            probs = metric.compute().reshape(-1, c)
+            m = classification_metrics(probs, targets, self.task)
             prefix = "val" if who == "teacher" else "val_student"
-            self.log_dict({f"{prefix}/{k}": m[k] for k in ("auc", "bacc", "f1")}, sync_dist=False)
+            self.log_dict({f"{prefix}/{k}": m[k] for k in ("auc", "bacc", "f1") if k in m}, sync_dist=False)
             metric.reset()
         self.val_targets.reset()
 

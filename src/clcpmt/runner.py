@@ -16,11 +16,12 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from .config import Config, config_from_dict, save_config, to_dict
-from .data.datamodule import EvalImages, PreparedData, SSLDataModule, prepare_data
+from .data.datamodule import EvalImages, SSLDataModule
 from .data.readers import IMAGE_EXTENSIONS, DataError, cached_images, read_labels, resolve_images
+from .data.sources import PreparedData, prepare_data
 from .losses import probabilities
 from .methods import METHODS, build_method
-from .metrics import format_report, srcmt_metrics, standard_metrics
+from .metrics import f1_thresholds, format_report, multilabel_metrics, srcmt_metrics, standard_metrics
 from .model import create_student
 from .module import SSLModule
 from .plots import plot_training
@@ -28,7 +29,9 @@ from .plots import plot_training
 log = logging.getLogger("clcpmt")
 
 
-def build_system(cfg: Config, classes: tuple[str, ...], num_unlabeled: int, steps_per_epoch: int) -> SSLModule:
+def build_system(
+    cfg: Config, classes: tuple[str, ...], num_unlabeled: int, steps_per_epoch: int, task: str = "single"
+) -> SSLModule:
     """Student (timm backbone) + method + Lightning system, as cfg says."""
     student, source = create_student(
         cfg.model.backbone, len(classes), cfg.model.pretrained, cfg.model.proj_dim, cfg.model.drop_rate
@@ -38,7 +41,7 @@ def build_system(cfg: Config, classes: tuple[str, ...], num_unlabeled: int, step
         m.name,
         len(classes),
         num_unlabeled,
-        "single",
+        task,
         lambda_mt=m.lambda_mt,
         lambda_sde=m.lambda_sde,
         lambda_pl=m.lambda_pl,
@@ -50,6 +53,7 @@ def build_system(cfg: Config, classes: tuple[str, ...], num_unlabeled: int, step
         warmup_epochs=m.warmup_epochs,
         status=m.status,
         mt_on_labeled=m.mt_on_labeled,
+        tau_negative=m.tau_negative,
     )
     t = cfg.train
     module = SSLModule(
@@ -65,6 +69,7 @@ def build_system(cfg: Config, classes: tuple[str, ...], num_unlabeled: int, step
         t.epochs,
         steps_per_epoch,
         t.channels_last,
+        task,
     )
     module.weights_source = source
     return module
@@ -95,7 +100,7 @@ def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (
         recipe.strong,
         cfg.train.seed,
     )
-    module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), dm.steps_per_epoch)
+    module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), dm.steps_per_epoch, data.task)
     log.info(
         "run %s: method %s, backbone %s (%s); %d labeled, %d unlabeled, %d validation, %d testing images",
         run_dir,
@@ -149,7 +154,7 @@ def load_system(checkpoint: str | Path) -> tuple[SSLModule, Config]:
     cfg = config_from_dict(ckpt["hyper_parameters"]["config"])
     cfg = replace(cfg, model=replace(cfg.model, pretrained="none"))  # the weights come from the checkpoint
     hp = ckpt["hyper_parameters"]
-    module = build_system(cfg, tuple(hp["classes"]), _table_size(ckpt), hp["steps_per_epoch"])
+    module = build_system(cfg, tuple(hp["classes"]), _table_size(ckpt), hp["steps_per_epoch"], hp["task"])
     module.load_state_dict(ckpt["state_dict"])
     return module.eval(), cfg
 
@@ -172,39 +177,57 @@ def predict_probs(module: SSLModule, images: np.ndarray, index: np.ndarray) -> d
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def summarize(probs: torch.Tensor, targets: torch.Tensor, classes: tuple[str, ...]) -> dict:
-    """Both protocols as plain floats (percent), per-class values keyed by class name."""
-    s, m = standard_metrics(probs, targets), srcmt_metrics(probs, targets)
-    out = {f"standard/{k}": 100 * float(s[k]) for k in ("auc", "bacc", "f1")}
+def summarize(
+    probs: torch.Tensor, targets: torch.Tensor, classes: tuple[str, ...], thresholds: torch.Tensor | None = None
+) -> dict:
+    """Both protocols as plain floats (percent), per-class values keyed by class name.
+
+    Multi-label: F1 at `thresholds` (chosen on validation), srcmt binarised at 0.5.
+    """
+    multi = targets.ndim == 2
+    s = multilabel_metrics(probs, targets, thresholds) if multi else standard_metrics(probs, targets)
+    m = srcmt_metrics(probs, targets, 0.5) if multi else srcmt_metrics(probs, targets)
+    out = {f"standard/{k}": 100 * float(s[k]) for k in ("auc", "bacc", "f1") if k in s}
     out |= {f"srcmt/{k}": 100 * float(v) for k, v in m.items()}
     for key in ("auc_c", "sens_c", "spec_c", "f1_c"):
         out |= {f"{key[:-2]}/{c}": 100 * float(v) for c, v in zip(classes, s[key], strict=True)}
-    out["confusion"] = s["confusion"].tolist()
+    if multi:
+        out |= {f"threshold/{c}": float(v) for c, v in zip(classes, s["thresholds"], strict=True)}
+    else:
+        out["confusion"] = s["confusion"].tolist()
     return out
 
 
 def evaluate_parts(checkpoint: str | Path, data: PreparedData, parts: tuple[str, ...], verbose: bool = True) -> dict:
-    """Evaluate teacher and student of `checkpoint` on parts of `data`; prints the reports."""
+    """Evaluate teacher and student of `checkpoint` on parts of `data`; prints the reports.
+
+    Multi-label F1 thresholds are chosen per finding on the validation part (when it is among `parts`, first).
+    """
     module, _ = load_system(checkpoint)
     results: dict = {"checkpoint": str(checkpoint)}
-    for part in parts:
+    thresholds: dict[str, torch.Tensor | None] = {"teacher": None, "student": None}
+    for part in sorted(parts, key=lambda p: p != "validation"):
         probs = predict_probs(module, data.images, data.parts[part])
         targets = torch.as_tensor(data.targets[data.parts[part]])
         for who, p in probs.items():
-            results[f"{part}/{who}"] = summarize(p, targets, data.classes)
+            if data.task == "multi" and part == "validation":
+                thresholds[who] = f1_thresholds(p, targets)
+            results[f"{part}/{who}"] = summarize(p, targets, data.classes, thresholds[who])
             if verbose:
-                print(format_report(p, targets, data.classes, f"{part}, {who} ({Path(checkpoint).name})"))
+                title = f"{part}, {who} ({Path(checkpoint).name})"
+                print(format_report(p, targets, data.classes, title, thresholds[who]))
     return results
 
 
 def evaluate_csv(checkpoint: str | Path, labels: str | Path, images: str | Path, verbose: bool = True) -> dict:
     """Evaluate on an external labeled set: a label CSV (any supported format) and its image folder."""
     module, cfg = load_system(checkpoint)
-    table = read_labels(labels, tuple(module.classes))
+    table = read_labels(labels, tuple(module.classes), module.task)
     array = cached_images(resolve_images(table, images), cfg.data.image_size, cfg.data.center_crop, cfg.data.cache_dir)
     data = PreparedData(
-        tuple(module.classes), list(table.images), array, table.targets, {"external": np.arange(len(table.images))}
-    )
+        tuple(module.classes), list(table.images), array, table.targets, {"external": np.arange(len(table.images))},
+        module.task,
+    )  # fmt: skip
     return evaluate_parts(checkpoint, data, ("external",), verbose)
 
 

@@ -108,33 +108,48 @@ class ConfidenceStatus(nn.Module):
 class CountStatus(nn.Module):
     """FlexMatch's curriculum: sigma(c) = #unlabeled samples whose latest confident (q >= tau) prediction is c.
 
-    The per-sample table and the per-class counts are both kept incrementally, so an update costs O(B_U). The
-    never-confident samples enter the max of the normalisation (FlexMatch's threshold warm-up).
+    Multi-label: per finding, the latest confident state (positive p >= tau, negative p <= 1 - tau); sigma(c) counts
+    the samples whose latest state for c is positive. The table and the counts are kept incrementally (O(B_U) a
+    step). Samples never confident enter the max of the normalisation (FlexMatch's threshold warm-up).
     """
 
-    def __init__(self, num_classes: int, num_unlabeled: int, tau: float = 0.95) -> None:
+    def __init__(self, num_classes: int, num_unlabeled: int, tau: float = 0.95, task: str = "single") -> None:
         super().__init__()
-        self.num_classes, self.tau = num_classes, tau
-        self.register_buffer("table", torch.full((num_unlabeled,), -1, dtype=torch.long))
+        self.num_classes, self.tau, self.task = num_classes, tau, task
+        shape = (num_unlabeled,) if task == "single" else (num_unlabeled, num_classes)
+        self.register_buffer("table", torch.full(shape, -1, dtype=torch.long))
         self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.long))
+        self.register_buffer("unused", torch.tensor(num_unlabeled, dtype=torch.long))
+
+    def _positives(self, rows: torch.Tensor) -> torch.Tensor:
+        """(C,) positive counts of table rows: (K,) class ids or (K, C) states."""
+        if self.task == "single":
+            return torch.bincount(rows[rows >= 0], minlength=self.num_classes)
+        return (rows == 1).sum(0)
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor, index: torch.Tensor) -> None:
-        conf, pred = probs.max(dim=1)
-        pred = torch.where(conf >= self.tau, pred, torch.full_like(pred, -1))
-        index, pred = _all_gather(index.to(self.table.device)), _all_gather(pred.to(self.table.device))
-        index, pred = index[pred >= 0], pred[pred >= 0]
+        if self.task == "single":
+            conf, pred = probs.max(dim=1)
+            state = torch.where(conf >= self.tau, pred, torch.full_like(pred, -1))  # (B,)
+        else:
+            state = torch.full(probs.shape, -1, dtype=torch.long, device=probs.device)  # (B, C)
+            state[probs <= 1 - self.tau] = 0
+            state[probs >= self.tau] = 1
+        index, state = _all_gather(index.to(self.table.device)), _all_gather(state.to(self.table.device))
         uniq, inverse = torch.unique(index, return_inverse=True)  # a sample seen twice in a step counts once
-        new = torch.empty_like(uniq).scatter_(0, inverse, pred)
+        new = torch.full((len(uniq), *state.shape[1:]), -1, dtype=torch.long, device=state.device)
+        new.index_copy_(0, inverse, state)
         old = self.table[uniq]
-        self.counts -= torch.bincount(old[old >= 0], minlength=self.num_classes)
-        self.counts += torch.bincount(new, minlength=self.num_classes)
+        new = torch.where(new >= 0, new, old)  # unconfident: keep the latest confident state
+        was_unused, is_unused = old.reshape(len(uniq), -1).lt(0).all(1), new.reshape(len(uniq), -1).lt(0).all(1)
+        self.counts += self._positives(new) - self._positives(old)
+        self.unused -= (was_unused & ~is_unused).sum()
         self.table[uniq] = new
 
     def beta(self) -> torch.Tensor:
         counts = self.counts.float()
-        unused = len(self.table) - counts.sum()
-        return counts / torch.maximum(counts.max(), unused).clamp_min(1.0)
+        return counts / torch.maximum(counts.max(), self.unused.float()).clamp_min(1.0)
 
 
 class CAPRThreshold(nn.Module):
@@ -156,7 +171,7 @@ class CAPRThreshold(nn.Module):
         if status == "confidence":
             self.status: nn.Module = ConfidenceStatus(num_classes, momentum, task)
         else:
-            self.status = CountStatus(num_classes, num_unlabeled, tau)
+            self.status = CountStatus(num_classes, num_unlabeled, tau, task)
 
     def update(self, probs: torch.Tensor, index: torch.Tensor) -> None:
         self.status.update(probs, index)  # statistics are collected during the warm-up as well
@@ -171,10 +186,10 @@ class CAPRThreshold(nn.Module):
 class FlexMatchThreshold(nn.Module):
     """FlexMatch: tau · M(beta) with the count status; starts at 0 (every pseudo-label accepted at step 0)."""
 
-    def __init__(self, num_classes: int, num_unlabeled: int, tau: float = 0.95) -> None:
+    def __init__(self, num_classes: int, num_unlabeled: int, tau: float = 0.95, task: str = "single") -> None:
         super().__init__()
         self.tau = tau
-        self.status = CountStatus(num_classes, num_unlabeled, tau)
+        self.status = CountStatus(num_classes, num_unlabeled, tau, task)
 
     def update(self, probs: torch.Tensor, index: torch.Tensor) -> None:
         self.status.update(probs, index)
@@ -184,17 +199,21 @@ class FlexMatchThreshold(nn.Module):
 
 
 class FreeMatchThreshold(nn.Module):
-    """FreeMatch's self-adaptive thresholds: EMA of the global max confidence times the max-normalised EMA of p."""
+    """FreeMatch's self-adaptive thresholds: EMA of the global max confidence times the max-normalised EMA of p.
 
-    def __init__(self, num_classes: int, momentum: float = 0.999) -> None:
+    Multi-label: the confidence of a (sample, finding) pair is max(p, 1 - p), averaged over pairs.
+    """
+
+    def __init__(self, num_classes: int, momentum: float = 0.999, task: str = "single") -> None:
         super().__init__()
-        self.momentum = momentum
+        self.momentum, self.task = momentum, task
         self.register_buffer("global_conf", torch.tensor(1.0 / num_classes))
         self.register_buffer("class_probs", torch.full((num_classes,), 1.0 / num_classes))
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor, index: torch.Tensor) -> None:
-        stats = torch.cat([probs.max(dim=1).values.sum()[None], probs.sum(0), probs.new_tensor([len(probs)])])
+        conf = probs.max(dim=1).values if self.task == "single" else torch.maximum(probs, 1 - probs).mean(dim=1)
+        stats = torch.cat([conf.sum()[None], probs.sum(0), probs.new_tensor([len(probs)])])
         stats = _all_reduce_sum(stats.float())  # (C + 2,): sum of max p, sum of p per class, count
         m = self.momentum
         self.global_conf.mul_(m).add_((1 - m) * stats[0] / stats[-1])

@@ -1,11 +1,9 @@
-"""From a DataConfig to tensors: read labels and splits, cache images, build the SSL batches (SPEC §3, §5)."""
+"""The SSL batches of SPEC §3: labeled views, unlabeled weak/student views, evaluation images."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -13,116 +11,9 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import DataConfig
-from .readers import DataError, LabelTable, cached_images, read_labels, resolve_images
-from .splits import SPLIT_FILES, draw_labeled, split_train_val_test, write_split_csv
-from .synthetic import make_synthetic
+from .readers import DataError
+from .sources import PreparedData
 from .transforms import normalize, strong_transform, weak_transform
-
-PARTS = ("labeled", "unlabeled", "validation", "testing")
-
-
-@dataclass
-class PreparedData:
-    """All images of a run and which of them belong to each part. images: (N, S, S, 3) uint8; targets: (N,)."""
-
-    classes: tuple[str, ...]
-    names: list[str]
-    images: np.ndarray
-    targets: np.ndarray
-    parts: dict[str, np.ndarray]  # PARTS -> indices into images
-
-    def write_splits(self, folder: str | Path) -> None:
-        """Write every part in SRC-MT's CSV format; the folder can be passed back as data.splits."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        train = np.concatenate([self.parts["labeled"], self.parts["unlabeled"]])
-        for part, idx in [*self.parts.items(), ("training", train)]:
-            write_split_csv(folder / f"{part}.csv", [self.names[i] for i in idx], self.targets[idx], self.classes)
-
-
-def _check_against_labels(tables: list[LabelTable], labels: LabelTable) -> None:
-    """Every split row must agree with the label file: catches a split written for another label set."""
-    truth = dict(zip(labels.images, labels.targets, strict=True))
-    for t in tables:
-        for image, target, line in zip(t.images, t.targets, t.lines, strict=True):
-            if image not in truth:
-                raise DataError(f"{t.source}, line {line}: image '{image}' is not in the label file {labels.source}")
-            if truth[image] != target:
-                raise DataError(
-                    f"{t.source}, line {line}: image '{image}' is labeled {t.classes[target]} but "
-                    f"{labels.source} says {labels.classes[truth[image]]}"
-                )
-
-
-def _tables(cfg: DataConfig) -> dict[str, LabelTable]:
-    """Label tables per split, read from cfg.splits or drawn 7:1:2 from cfg.labels."""
-    if not cfg.splits:
-        full = read_labels(cfg.labels, cfg.classes)
-        parts = split_train_val_test(full.targets, seed=cfg.seed)
-        return {
-            name: LabelTable(
-                tuple(full.images[i] for i in idx),
-                full.targets[idx],
-                full.classes,
-                full.source,
-                tuple(full.lines[i] for i in idx),
-            )
-            for name, idx in zip(SPLIT_FILES, parts, strict=True)
-        }
-    folder = Path(cfg.splits)
-    files = {name: folder / f for name, f in SPLIT_FILES.items()}
-    if (folder / "labeled.csv").is_file():  # a run's own split folder: repeat its labeled draw exactly
-        files["labeled"] = folder / "labeled.csv"
-    tables = {name: read_labels(path, cfg.classes) for name, path in files.items()}
-    seen: dict[str, str] = {}
-    for name in SPLIT_FILES:
-        for image in tables[name].images:
-            if image in seen:
-                raise DataError(f"image '{image}' is in both {seen[image]} and {tables[name].source}")
-            seen[image] = tables[name].source
-    if cfg.labels:
-        _check_against_labels(list(tables.values()), read_labels(cfg.labels, cfg.classes))
-    return tables
-
-
-def _labeled_positions(tables: dict[str, LabelTable], cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    train = tables["training"]
-    if "labeled" not in tables:
-        return draw_labeled(train.targets, cfg.labeled, seed=cfg.seed)
-    position = {image: i for i, image in enumerate(train.images)}
-    lab = tables["labeled"]
-    missing = [(im, n) for im, n in zip(lab.images, lab.lines, strict=True) if im not in position]
-    if missing:
-        raise DataError(f"{lab.source}, line {missing[0][1]}: image '{missing[0][0]}' is not in {train.source}")
-    lab_idx = np.sort([position[im] for im in lab.images])
-    return lab_idx, np.setdiff1d(np.arange(len(train.images)), lab_idx)
-
-
-def prepare_data(cfg: DataConfig) -> PreparedData:
-    """Read (or generate), split and cache the images that cfg describes."""
-    if cfg.dataset == "synthetic":
-        images, targets = make_synthetic(cfg.synthetic_size, cfg.image_size, seed=2018)
-        names = [f"synthetic_{i:05d}" for i in range(len(targets))]
-        train, val, test = split_train_val_test(targets, seed=cfg.seed)
-        lab, unl = draw_labeled(targets[train], cfg.labeled, seed=cfg.seed)
-        parts = dict(zip(PARTS, (train[lab], train[unl], val, test), strict=True))
-        return PreparedData(tuple(cfg.classes), names, images, targets, parts)
-    tables = _tables(cfg)
-    order = ("training", "validation", "testing")
-    names = [im for s in order for im in tables[s].images]
-    paths = [p for s in order for p in resolve_images(tables[s], cfg.images)]
-    targets = np.concatenate([tables[s].targets for s in order])
-    images = cached_images(paths, cfg.image_size, cfg.center_crop, cfg.cache_dir)
-    n_train, n_val = len(tables["training"].images), len(tables["validation"].images)
-    lab, unl = _labeled_positions(tables, cfg)
-    parts = {
-        "labeled": lab,
-        "unlabeled": unl,
-        "validation": np.arange(n_train, n_train + n_val),
-        "testing": np.arange(n_train + n_val, len(names)),
-    }
-    return PreparedData(tuple(cfg.classes), names, images, targets, parts)
 
 
 def _tensor(img: np.ndarray) -> torch.Tensor:
@@ -138,11 +29,11 @@ class LabeledViews(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         i, seed = item
         img = _tensor(self.images[self.index[i]])
         x1, x2 = _seeded(seed, lambda: (self.weak(img), self.weak(img)))
-        return x1, x2, int(self.targets[self.index[i]])
+        return x1, x2, torch.as_tensor(self.targets[self.index[i]])
 
 
 class UnlabeledViews(Dataset):
@@ -158,10 +49,10 @@ class UnlabeledViews(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         i, seed = item
         img = _tensor(self.images[self.index[i]])
-        hidden = -1 if self.targets is None else int(self.targets[self.index[i]])
+        hidden = torch.tensor(-1) if self.targets is None else torch.as_tensor(self.targets[self.index[i]])
         weak, student = _seeded(seed, lambda: (self.weak(img), self.student(img)))
         return weak, student, hidden, i
 
@@ -175,8 +66,8 @@ class EvalImages(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.norm(_tensor(self.images[self.index[i]])), int(self.targets[self.index[i]])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.norm(_tensor(self.images[self.index[i]])), torch.as_tensor(self.targets[self.index[i]])
 
 
 class EpochSampler(Sampler[tuple[int, int]]):

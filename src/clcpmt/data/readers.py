@@ -21,13 +21,14 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class LabelTable:
-    """Image ids with their labels. targets: (N,) int64 class indices (single-label)."""
+    """Image ids with their labels. targets: (N,) int64 class indices, or (N, C) float 0/1 for multi-label."""
 
     images: tuple[str, ...]
     targets: np.ndarray
     classes: tuple[str, ...]
     source: str
     lines: tuple[int, ...]  # line of each row in `source`, for error messages
+    patients: tuple[str, ...] | None = None
 
 
 def _rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -47,22 +48,27 @@ def _class_index(name: str, classes: tuple[str, ...], where: str) -> int:
     return lookup[name.strip().upper()]
 
 
-def _one_hot_row(path: Path, line: int, row: list[str], cols: list[int], classes: tuple[str, ...]) -> int:
+def _one_hot_row(
+    path: Path, line: int, row: list[str], cols: list[int], classes: tuple[str, ...], multi: bool
+) -> int | list[float]:
     try:
         values = [float(row[j]) for j in cols]
     except (ValueError, IndexError):
         raise DataError(f"{path}, line {line}: expected {len(classes)} numbers for {', '.join(classes)}") from None
+    if multi:
+        return [float(v >= 0.5) for v in values]
     hits = [i for i, v in enumerate(values) if v >= 0.5]
     if len(hits) != 1:
         raise DataError(f"{path}, line {line}: a single-label row needs exactly one class set to 1; got {values}")
     return hits[0]
 
 
-def read_labels(path: str | Path, classes: tuple[str, ...]) -> LabelTable:
+def read_labels(path: str | Path, classes: tuple[str, ...], task: str = "single") -> LabelTable:
     """Read a label CSV, recognised by its header.
 
     Accepts the ISIC / SRC-MT one-hot format (`image,MEL,NV,...`, any column order), HAM10000's
     `HAM10000_metadata.csv` (`image_id`, `dx`), or a generic `image,label` file with class names.
+    With task="multi" the one-hot format is read as a 0/1 matrix (N, C) (any number of ones per row).
     """
     path = Path(path)
     header, rows = _rows(path)
@@ -75,7 +81,7 @@ def read_labels(path: str | Path, classes: tuple[str, ...]) -> LabelTable:
         parse = lambda n, r: _class_index(r[i_lab], classes, f"{path}, line {n}")  # noqa: E731
     elif "image" in header and all(c in header for c in classes):
         i_img, cols = header.index("image"), [header.index(c) for c in classes]
-        parse = lambda n, r: _one_hot_row(path, n, r, cols, classes)  # noqa: E731
+        parse = lambda n, r: _one_hot_row(path, n, r, cols, classes, task == "multi")  # noqa: E731
     else:
         raise DataError(
             f"{path}: unrecognised header {','.join(header)}; expected 'image,{','.join(classes)}' (ISIC one-hot), "
@@ -90,7 +96,8 @@ def read_labels(path: str | Path, classes: tuple[str, ...]) -> LabelTable:
     if len(set(images)) != len(images):
         dup = next(x for x in images if images.count(x) > 1)
         raise DataError(f"{path}: image '{dup}' is listed more than once")
-    return LabelTable(tuple(images), np.asarray(targets, dtype=np.int64), tuple(classes), str(path), tuple(lines))
+    dtype = np.float32 if task == "multi" else np.int64
+    return LabelTable(tuple(images), np.asarray(targets, dtype=dtype), tuple(classes), str(path), tuple(lines))
 
 
 def resolve_images(table: LabelTable, folder: str | Path) -> list[Path]:
@@ -140,7 +147,9 @@ def _load_one(args: tuple[Path, int, bool]) -> np.ndarray:
 def cached_images(paths: list[Path], size: int, center_crop: bool, cache_dir: str | Path = "") -> np.ndarray:
     """All `paths` decoded and resized once into a memory-mapped (N, size, size, 3) uint8 array.
 
-    The cache file is keyed by the file list, sizes and modification times, and written atomically.
+    The cache file is keyed by the file list, sizes and modification times. It is filled in parallel with a progress
+    bar into a `.partial.npy` file whose progress is saved every 2,048 images, so an interrupted caching of a large
+    set (ChestX-ray14: 112,120 images, 3·size² bytes each) resumes; it is renamed into place when complete.
     """
     cache_dir = Path(cache_dir or Path.home() / ".cache" / "clcpmt")
     key = hashlib.sha1(f"{size}|{center_crop}".encode())
@@ -149,17 +158,28 @@ def cached_images(paths: list[Path], size: int, center_crop: bool, cache_dir: st
         key.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     target = cache_dir / f"images_{size}px_{len(paths)}_{key.hexdigest()[:16]}.npy"
     if not target.exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".tmp{os.getpid()}.npy")
-        try:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-            with Pool(min(os.cpu_count() or 1, 8)) as pool:
-                jobs = [(p, size, center_crop) for p in paths]
-                for i, arr in enumerate(pool.imap(_load_one, jobs, chunksize=64)):
-                    out[i] = arr
-            out.flush()
-            del out
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _fill_cache(target, paths, size, center_crop)
     return np.load(target, mmap_mode="r")
+
+
+def _fill_cache(target: Path, paths: list[Path], size: int, center_crop: bool) -> None:
+    from tqdm import tqdm
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial, progress = target.with_suffix(".partial.npy"), target.with_suffix(".progress")
+    start = int(progress.read_text()) if partial.exists() and progress.exists() else 0
+    shape = (len(paths), size, size, 3)
+    out = np.lib.format.open_memmap(partial, mode="r+" if start else "w+", dtype=np.uint8, shape=shape)
+    jobs = [(p, size, center_crop) for p in paths[start:]]
+    bar = tqdm(total=len(paths), initial=start, desc=f"caching images at {size} px", disable=len(paths) < 2000)
+    with Pool(min(os.cpu_count() or 1, 8)) as pool, bar:
+        for i, arr in enumerate(pool.imap(_load_one, jobs, chunksize=64), start=start):
+            out[i] = arr
+            bar.update()
+            if (i + 1) % 2048 == 0:
+                out.flush()
+                progress.write_text(str(i + 1))
+    out.flush()
+    del out
+    os.replace(partial, target)
+    progress.unlink(missing_ok=True)

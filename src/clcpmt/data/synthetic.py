@@ -90,3 +90,44 @@ def write_image_folder(root: str | Path, images: np.ndarray, labels: np.ndarray,
             Image.fromarray(img).save(root / "images" / f"{name}.{fmt}")
             writer.writerow([name, *(f"{float(j == c):.1f}" for j in range(len(ISIC_CLASSES)))])
     return csv_path
+
+
+FINDINGS = ("blob", "band", "ring", "spot", "stripes")
+FINDING_PREVALENCE = np.array([0.30, 0.22, 0.15, 0.06, 0.03])  # the last two are rare
+
+
+def _draw_finding(img: np.ndarray, k: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> None:
+    """Add finding k to a (H, W) grayscale image in place; each finding has its own shape and place."""
+    strength = rng.uniform(0.15, 0.3)
+    if k == 0:  # bright blob in the upper left
+        cy, cx = rng.uniform(-0.3, -0.1, 2)
+        img += strength * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.01)
+    elif k == 1:  # horizontal band low in the image
+        img += strength * np.exp(-((yy - rng.uniform(0.15, 0.3)) ** 2) / 0.003)
+    elif k == 2:  # ring around the centre
+        r = np.sqrt(yy**2 + xx**2)
+        img += strength * np.exp(-((r - rng.uniform(0.15, 0.25)) ** 2) / 0.002)
+    elif k == 3:  # dark spot on the right
+        cy, cx = rng.uniform(-0.1, 0.1), rng.uniform(0.2, 0.35)
+        img -= strength * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.004)
+    else:  # diagonal stripes
+        img += 0.5 * strength * np.sin(2 * np.pi * 6 * (xx + yy) + rng.uniform(0, 6.3))
+
+
+def make_synthetic_multilabel(n: int = 2000, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """SYNTHETIC grayscale "X-rays" with 5 findings of different prevalence (some images have none).
+
+    Returns:
+        images: (N, size, size, 3) uint8 (gray repeated); labels: (N, 5) float32 0/1.
+    """
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, len(FINDINGS))) < FINDING_PREVALENCE).astype(np.float32)
+    axis = (np.arange(size) + 0.5) / size - 0.5
+    yy, xx = np.meshgrid(axis, axis, indexing="ij")
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i in range(n):
+        img = 0.45 - 0.4 * (xx**2 + yy**2) + rng.normal(0, 0.06, (size, size))  # a vignetted noisy field
+        for k in np.flatnonzero(labels[i]):
+            _draw_finding(img, int(k), rng, yy, xx)
+        images[i] = (np.clip(img, 0, 1) * 255).astype(np.uint8)[..., None]
+    return images, labels
