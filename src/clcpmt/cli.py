@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .config import ConfigError, load_config, save_config, to_dict
+from .config import ConfigError, load_config, to_dict
 from .data.readers import DataError
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
@@ -96,7 +96,6 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
         cfg = replace(base, run_dir=str(Path(base.run_dir) / method), method=replace(base.method, name=method))
         shutil.rmtree(cfg.run_dir, ignore_errors=True)  # the demo's own folder: always a fresh run
         run_dir = train(cfg)
-        save_config(cfg, run_dir / "config.yaml")
         m = json.loads((run_dir / "metrics.json").read_text())["testing/teacher"]
         rows.append((method, m["standard/auc"], m["standard/bacc"], m["standard/f1"], m["srcmt/f1"]))
     print("\nDemo on SYNTHETIC data (testing split, teacher, best epoch by validation macro AUC):")
