@@ -69,6 +69,8 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, status):
     with pytest.raises(FileExistsError, match="pass --resume"):
         train(cfg)  # never overwrite a run silently
     assert main(["train", "--resume", str(tmp_path / "killed")]) == 0
+    first_epoch_log = (tmp_path / "killed" / "logs" / "metrics.csv").read_text()
+    assert "val/auc" in first_epoch_log and (tmp_path / "killed" / "logs" / "resume_1" / "metrics.csv").is_file()
     a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=False)
     assert a["global_step"] == b["global_step"] == 16

@@ -10,10 +10,11 @@ import pandas as pd
 def plot_training(run_dir: str | Path) -> Path | None:
     """Write run_dir/thresholds.png from logs/metrics.csv; None when the method has no pseudo-label rule."""
     run_dir = Path(run_dir)
-    log = run_dir / "logs" / "metrics.csv"
-    if not log.is_file():
+    logs = [run_dir / "logs" / "metrics.csv", *sorted((run_dir / "logs").glob("resume_*/metrics.csv"))]
+    logs = [p for p in logs if p.is_file()]  # a resumed run continues in logs/resume_N/
+    if not logs:
         return None
-    df = pd.read_csv(log)
+    df = pd.concat([pd.read_csv(p) for p in logs], ignore_index=True)
     panels = [p for p in ("threshold", "accept_rate", "pl_precision") if any(c.startswith(p + "/") for c in df)]
     if not panels:
         return None

@@ -117,6 +117,8 @@ def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (
         save_last=True,
         save_top_k=1,
     )
+    # a resumed run logs into logs/resume_N/: Lightning's CSVLogger would delete the earlier epochs' metrics.csv
+    version = f"resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}" if resume and last.exists() else ""
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs,
         accelerator=cfg.train.accelerator,
@@ -126,8 +128,8 @@ def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
         logger=[
-            CSVLogger(run_dir, name="logs", version=""),
-            TensorBoardLogger(run_dir, name="tensorboard", version=""),
+            CSVLogger(run_dir, name="logs", version=version),
+            TensorBoardLogger(run_dir, name="tensorboard", version=version),
         ],
         enable_progress_bar=cfg.train.progress_bar,
         log_every_n_steps=10,
