@@ -10,6 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from . import __version__
 from .config import ConfigError, load_config, to_dict
 from .data.readers import DataError
 
@@ -119,6 +120,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="clcpmt", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--version", action="version", version=f"clcpmt {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser(
         "train",

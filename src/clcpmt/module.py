@@ -41,9 +41,8 @@ class SSLModule(L.LightningModule):
         if channels_last:
             self.student.to(memory_format=torch.channels_last)
             self.teacher.to(memory_format=torch.channels_last)
-        self.val_probs = {k: CatMetric() for k in ("teacher", "student")}
+        self.val_probs = torch.nn.ModuleDict({"teacher": CatMetric(), "student": CatMetric()})  # DDP-aware gathers
         self.val_targets = CatMetric()
-        self._val_metrics = torch.nn.ModuleDict({**self.val_probs, "targets": self.val_targets})
         self._reset_pl_stats()
 
     def train(self, mode: bool = True) -> SSLModule:
