@@ -73,34 +73,41 @@ class SSLModule(L.LightningModule):
         )
         if out.thresholds is not None:
             self.last_thresholds = out.thresholds.detach().cpu()
-            if self.task == "single":  # acceptance and precision per class; multi-label logs thresholds only
-                self._accumulate_pl_stats(out, b.u_hidden)
+            self._accumulate_pl_stats(out, b.u_hidden)
         return out.loss
 
     def on_train_batch_end(self, outputs: object, batch: dict, batch_idx: int) -> None:
         ema_update(self.teacher, self.student, self.hparams.ema_decay, self.global_step - 1)
 
     def _reset_pl_stats(self) -> None:
-        self.pl_stats = torch.zeros(3, len(self.classes))  # predicted, accepted, accepted & correct
+        # per class: candidates (samples predicted c; multi-label: all samples), accepted, accepted and correct
+        self.pl_stats = torch.zeros(3, len(self.classes))
         self.last_thresholds: torch.Tensor | None = None
 
     def _accumulate_pl_stats(self, out: object, hidden: torch.Tensor) -> None:
-        c = len(self.classes)
-        pseudo, mask = out.pseudo.cpu(), out.mask.cpu()
-        correct = mask & (pseudo == hidden.cpu())
-        self.pl_stats[0] += torch.bincount(pseudo, minlength=c)
-        self.pl_stats[1] += torch.bincount(pseudo[mask], minlength=c)
-        self.pl_stats[2] += torch.bincount(pseudo[correct], minlength=c)
+        """Hidden labels (-1: unknown) are only counted here, never used for training."""
+        pseudo, mask, hidden = out.pseudo.cpu(), out.mask.cpu(), hidden.cpu()
+        if self.task == "single":
+            c = len(self.classes)
+            correct = mask & (pseudo == hidden)
+            self.pl_stats += torch.stack(
+                [torch.bincount(p, minlength=c) for p in (pseudo, pseudo[mask], pseudo[correct])]
+            )
+        else:  # positive pseudo-labels per finding
+            positive = mask & (pseudo > 0.5)
+            self.pl_stats[0] += len(pseudo)
+            self.pl_stats[1] += positive.sum(0)
+            self.pl_stats[2] += (positive & (hidden > 0.5)).sum(0)
 
     def on_train_epoch_end(self) -> None:
-        """Per class: threshold, acceptance rate among samples predicted c, precision of accepted pseudo-labels."""
+        """Per class: threshold, acceptance rate (single-label: among samples predicted c; multi-label: positive
+        pseudo-labels per unlabeled sample) and precision of the accepted (positive) pseudo-labels."""
         if self.last_thresholds is not None:
-            predicted, accepted, correct = self.pl_stats
+            candidates, accepted, correct = self.pl_stats
             for i, name in enumerate(self.classes):
                 self.log(f"threshold/{name}", self.last_thresholds[i].item())
-                if self.task == "single":
-                    self.log(f"accept_rate/{name}", (accepted[i] / predicted[i]).item() if predicted[i] else 0.0)
-                    self.log(f"pl_precision/{name}", (correct[i] / accepted[i]).item() if accepted[i] else float("nan"))
+                self.log(f"accept_rate/{name}", (accepted[i] / candidates[i]).item() if candidates[i] else 0.0)
+                self.log(f"pl_precision/{name}", (correct[i] / accepted[i]).item() if accepted[i] else float("nan"))
         self._reset_pl_stats()
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
