@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import ConfigError, _build
+from .config import ConfigError, build_dataclass
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def load_grid(path: str | Path) -> Grid:
     """Read a grid YAML file (keys of Grid; unknown keys are errors naming the file)."""
     if not Path(path).is_file():
         raise ConfigError(f"grid file {path} does not exist")
-    grid = _build(Grid, yaml.safe_load(Path(path).read_text()) or {}, "", str(path))
+    grid = build_dataclass(Grid, yaml.safe_load(Path(path).read_text()) or {}, "", str(path))
     for spec in grid.extra_runs:
         if len(spec.split(":")) != 3:
             raise ConfigError(f"{path}: extra_runs entry '{spec}' must be method:labeled:seed")

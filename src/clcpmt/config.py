@@ -127,7 +127,8 @@ def _coerce(value: Any, kind: Any, key: str, where: str) -> Any:
     return kind(value)
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
+def build_dataclass(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
+    """Instance of dataclass `cls` from nested `data`; unknown keys and bad types raise ConfigError naming `where`."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
@@ -143,7 +144,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
         if dataclasses.is_dataclass(kind):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {prefix}{name} must be a mapping of keys; got {value!r}")
-            kwargs[name] = _build(kind, value, f"{prefix}{name}.", where)
+            kwargs[name] = build_dataclass(kind, value, f"{prefix}{name}.", where)
         else:
             kwargs[name] = _coerce(value, kind, prefix + name, where)
     return cls(**kwargs)
@@ -190,9 +191,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-        _build(Config, data, "", str(path))  # file errors name the file
+        build_dataclass(Config, data, "", str(path))  # file errors name the file
     cli = parse_overrides(overrides or [])
-    cfg = _build(Config, _merge(data, cli), "", "command line" if cli else str(path or "defaults"))
+    cfg = build_dataclass(Config, _merge(data, cli), "", "command line" if cli else str(path or "defaults"))
     validate(cfg)
     return cfg
 
@@ -246,4 +247,4 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a Config from `to_dict` output (e.g. stored in a checkpoint)."""
-    return _build(Config, data, "", "checkpoint")
+    return build_dataclass(Config, data, "", "checkpoint")
