@@ -1,6 +1,6 @@
 import pytest
 
-from clcpmt.bench import bench, grid_runs, load_grid, markdown
+from clcpmt.bench import bench, grid_runs, load_grid, markdown, run_name
 from clcpmt.config import ConfigError
 
 
@@ -8,9 +8,26 @@ def test_grid_runs_and_errors(tmp_path):
     path = tmp_path / "g.yaml"
     path.write_text("config: demo\nmethods: [a, b]\nseeds: [0, 1]\nextra_runs: ['a:0.1:0', 'a:0.2:0']\n")
     runs = grid_runs(load_grid(path))
-    assert runs == [("a", 0.2, 0), ("b", 0.2, 0), ("a", 0.2, 1), ("b", 0.2, 1), ("a", 0.1, 0)]
+    assert runs == [("a", 0.2, 0, ""), ("b", 0.2, 0, ""), ("a", 0.2, 1, ""), ("b", 0.2, 1, ""), ("a", 0.1, 0, "")]
+    path.write_text("config: demo\nmethods: [a]\nseeds: [0]\nvariants: {t8: [--method.tau_min=0.8]}\n")
+    assert grid_runs(load_grid(path)) == [("a", 0.2, 0, ""), ("a", 0.2, 0, "t8")]
+    assert run_name("a", 0.2, 0, "t8") == "a_lab0.2_seed0_t8"
+    path.write_text(
+        "config: demo\nmethods: [a, b]\nseeds: [0]\nvariants: {t8: []}\ncross_variants: false\n"
+        "extra_runs: ['b:0.2:1:t8']\n"
+    )
+    assert grid_runs(load_grid(path)) == [("a", 0.2, 0, ""), ("b", 0.2, 0, ""), ("b", 0.2, 1, "t8")]
+    path.write_text("config: demo\nextra_runs: ['b:0.2:1:nope']\n")
+    with pytest.raises(ConfigError, match=r"extra_runs entry 'b:0.2:1:nope' must be"):
+        load_grid(path)
     path.write_text("config: demo\nseed: [0]\n")
     with pytest.raises(ConfigError, match=r"g\.yaml: unknown key 'seed'; did you mean 'seeds'"):
+        load_grid(path)
+    path.write_text("config: demo\nvariants: [a]\n")
+    with pytest.raises(ConfigError, match=r"g\.yaml: variants must be a mapping"):
+        load_grid(path)
+    path.write_text("config: demo\ntable_split: test\n")
+    with pytest.raises(ConfigError, match=r"table_split must be testing or validation"):
         load_grid(path)
 
 
@@ -34,3 +51,19 @@ def test_tiny_grid_runs_once_and_skips_finished_runs(tmp_path):
     stamp = (out / "supervised_lab0.2_seed0" / "metrics.json").stat().st_mtime
     bench(path)
     assert (out / "supervised_lab0.2_seed0" / "metrics.json").stat().st_mtime == stamp
+
+
+def test_variants_run_in_parallel_and_are_tabulated_on_validation(tmp_path):
+    path = tmp_path / "g.yaml"
+    out = tmp_path / "bench"
+    path.write_text(
+        f"config: demo\nout: {out}\nmethods: [clcp_mt]\nseeds: [0]\njobs: 2\ntable_split: validation\n"
+        "variants: {tmin8: [--method.tau_min=0.8]}\n"
+        "overrides: [--data.synthetic_size=300, --train.epochs=1, --train.steps_per_epoch=3, --data.num_workers=0]\n"
+    )
+    bench(path)
+    text = (out / "results.md").read_text()
+    assert text.startswith("validation split") and "ISIC test BAcc" not in text
+    assert "| clcp_mt | 0.2 | 1 |" in text and "| clcp_mt +tmin8 | 0.2 | 1 |" in text
+    config = (out / "clcp_mt_lab0.2_seed0_tmin8" / "config.yaml").read_text()
+    assert "tau_min: 0.8" in config and (out / "clcp_mt_lab0.2_seed0_tmin8" / "train.log").is_file()

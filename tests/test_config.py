@@ -39,6 +39,8 @@ def test_bad_type_and_bad_value_name_the_key():
         load_config(None, ["--data.dataset=folder"])
     with pytest.raises(ConfigError, match="expected --section.key=value"):
         parse_overrides(["epochs=3"])
+    with pytest.raises(ConfigError, match=r"method\.student_view must be one of"):
+        load_config(None, ["--method.student_view=weakest"])
 
 
 def test_saved_config_reads_back_identically(tmp_path):

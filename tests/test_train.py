@@ -10,7 +10,7 @@ from clcpmt.cli import main
 from clcpmt.config import ISIC_CLASSES, load_config
 from clcpmt.data.readers import read_labels
 from clcpmt.data.splits import write_split_csv
-from clcpmt.runner import train
+from clcpmt.runner import build_system, student_sees_strong, train
 
 
 def tiny(tmp_path, name="run", method="clcp_mt", **extra) -> list[str]:
@@ -127,3 +127,27 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     images = tmp_path / "none"
     images.mkdir()
     assert main(["predict", str(tmp_path / "x.ckpt"), "--images", str(images), "--out", "o.csv"]) == 2
+
+
+@pytest.mark.parametrize(
+    "method, view, strong",
+    [
+        ("clcp_mt", "default", True),  # SPEC: strong view by default ...
+        ("mean_teacher", "default", False),  # ... weak for plain Mean Teacher
+        ("clcp_mt", "weak", False),
+        ("mt_capr", "weak", False),
+        ("mean_teacher", "strong", True),
+        ("fixmatch", "weak", True),  # the FixMatch family is defined by its strong view
+        ("freematch", "default", True),
+    ],
+)
+def test_student_view_option(method, view, strong):
+    assert student_sees_strong(method, view) is strong
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_optimizer_option(name, cls):
+    cfg = load_config("configs/demo.yaml", [f"--train.optimizer={name}", "--train.weight_decay=0.01"])
+    module = build_system(cfg, ISIC_CLASSES, num_unlabeled=10, steps_per_epoch=2)
+    opt = module.configure_optimizers()["optimizer"]
+    assert type(opt) is cls and opt.defaults["weight_decay"] == 0.01

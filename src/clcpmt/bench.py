@@ -1,7 +1,12 @@
-"""Benchmark grids: method × labeled fraction × seed from one YAML file; resumable; one CSV and a Markdown table.
+"""Benchmark grids: method × variant × labeled fraction × seed from one YAML file; resumable; a CSV and a table.
 
 Each run is a separate `clcpmt train` process (a crash or kill loses at most that run's current epoch); a run with
-a metrics.json is finished and skipped, a run with only a last.ckpt is resumed.
+a metrics.json is finished and skipped, a run with only a last.ckpt is resumed. `jobs` runs several at once (a
+machine with many cores and a GPU); its output goes to train.log in the run folder.
+
+A *variant* is a named list of overrides (e.g. `tau_min_0.8: [--method.tau_min=0.8]`) run beside the defaults:
+hyper-parameter studies are grids too, tabulated on the validation split (`table_split: validation`) because
+nothing may be chosen on a test split.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +34,13 @@ class Grid:
     labeled: tuple[float, ...] = (0.2,)
     seeds: tuple[int, ...] = (0, 1, 2)
     overrides: tuple[str, ...] = ()  # extra --section.key=value for every run
-    extra_runs: tuple[str, ...] = ()  # "method:labeled:seed" runs beyond the full grid (ablations, 5%/10%)
+    extra_runs: tuple[str, ...] = ()  # "method:labeled:seed[:variant]" runs beyond the grid (ablations, 5%/10%)
+    variants: dict = field(default_factory=dict)  # name -> overrides, each run beside the defaults ("" = defaults)
+    cross_variants: bool = True  # run every variant for every grid run; false: only where extra_runs names one
     official_labels: str = ""  # second test set (never used to choose anything): label CSV ...
     official_images: str = ""  # ... and its image folder
+    table_split: str = "testing"  # split of the Markdown table: testing (results) | validation (studies)
+    jobs: int = 1  # runs at once
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -39,25 +49,36 @@ def load_grid(path: str | Path) -> Grid:
         raise ConfigError(f"grid file {path} does not exist")
     grid = build_dataclass(Grid, yaml.safe_load(Path(path).read_text()) or {}, "", str(path))
     for spec in grid.extra_runs:
-        if len(spec.split(":")) != 3:
-            raise ConfigError(f"{path}: extra_runs entry '{spec}' must be method:labeled:seed")
+        if len(spec.split(":")) not in (3, 4) or spec.count(":") == 3 and spec.split(":")[3] not in grid.variants:
+            raise ConfigError(f"{path}: extra_runs entry '{spec}' must be method:labeled:seed[:variant of variants]")
+    for name, overrides in grid.variants.items():
+        if not str(name).replace(".", "").replace("_", "").isalnum() or not isinstance(overrides, list):
+            raise ConfigError(f"{path}: variants.{name} must be a name of letters, digits, '.', '_' with a list")
+    if grid.table_split not in ("testing", "validation"):
+        raise ConfigError(f"{path}: table_split must be testing or validation; got '{grid.table_split}'")
     return grid
 
 
-def grid_runs(grid: Grid) -> list[tuple[str, float, int]]:
-    """(method, labeled, seed) of every run, seed-major so that a partial grid already covers every method."""
-    runs = [(m, lab, s) for s in grid.seeds for lab in grid.labeled for m in grid.methods]
-    runs += [(m, float(lab), int(s)) for m, lab, s in (spec.split(":") for spec in grid.extra_runs)]
+Run = tuple[str, float, int, str]  # method, labeled, seed, variant ("" = defaults)
+
+
+def grid_runs(grid: Grid) -> list[Run]:
+    """Every run, seed-major so that a partial grid already covers every method and variant."""
+    variants = ["", *grid.variants] if grid.cross_variants else [""]
+    runs = [(m, lab, s, v) for s in grid.seeds for lab in grid.labeled for m in grid.methods for v in variants]
+    for spec in grid.extra_runs:
+        m, lab, s, *v = spec.split(":")
+        runs.append((m, float(lab), int(s), v[0] if v else ""))
     return list(dict.fromkeys(runs))
 
 
-def run_name(method: str, labeled: float, seed: int) -> str:
-    return f"{method}_lab{labeled:g}_seed{seed}"
+def run_name(method: str, labeled: float, seed: int, variant: str = "") -> str:
+    return f"{method}_lab{labeled:g}_seed{seed}" + (f"_{variant}" if variant else "")
 
 
-def run_one(grid: Grid, method: str, labeled: float, seed: int) -> Path:
+def run_one(grid: Grid, method: str, labeled: float, seed: int, variant: str = "") -> Path:
     """Train (or resume, or skip) one run and evaluate it on the official test set."""
-    run_dir = Path(grid.out) / run_name(method, labeled, seed)
+    run_dir = Path(grid.out) / run_name(method, labeled, seed, variant)
     if not (run_dir / "metrics.json").is_file():
         cmd = [sys.executable, "-m", "clcpmt.cli", "train"]
         if (run_dir / "checkpoints" / "last.ckpt").is_file():
@@ -72,9 +93,16 @@ def run_one(grid: Grid, method: str, labeled: float, seed: int) -> Path:
                 f"--data.seed={seed}",
                 f"--train.seed={seed}",
                 *grid.overrides,
+                *grid.variants.get(variant, []),
             ]
         start = time.time()
-        subprocess.run(cmd + ["--train.progress_bar=false"], check=True)
+        cmd += ["--train.progress_bar=false"]
+        if grid.jobs > 1:  # interleaved output of parallel runs would be unreadable
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / "train.log", "a") as log:
+                subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+        else:
+            subprocess.run(cmd, check=True)
         (run_dir / "wall_time.txt").write_text(f"{time.time() - start:.0f}\n")
     official = run_dir / "official_test.json"
     if grid.official_labels and not official.is_file():
@@ -88,15 +116,16 @@ def run_one(grid: Grid, method: str, labeled: float, seed: int) -> Path:
 
 
 def collect(grid: Grid) -> list[dict]:
-    """One row per finished run: its test-split metrics (teacher, best validation epoch) and the official test."""
+    """One row per finished run: its `grid.table_split` metrics (teacher, best validation epoch), the validation
+    headline metrics (val_*) and the official test."""
     rows = []
-    for method, labeled, seed in grid_runs(grid):
-        run_dir = Path(grid.out) / run_name(method, labeled, seed)
+    for method, labeled, seed, variant in grid_runs(grid):
+        run_dir = Path(grid.out) / run_name(method, labeled, seed, variant)
         if not (run_dir / "metrics.json").is_file():
             continue
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        row = {"method": method, "labeled": labeled, "seed": seed}
-        row |= {k: v for k, v in metrics["testing/teacher"].items() if k != "confusion"}
+        row = {"method": method, "variant": variant, "labeled": labeled, "seed": seed}
+        row |= {k: v for k, v in metrics[f"{grid.table_split}/teacher"].items() if k != "confusion"}
         row |= {f"val_{k}": v for k, v in metrics["validation/teacher"].items() if k.startswith("standard/")}
         if (run_dir / "official_test.json").is_file():
             row["official/bacc"] = json.loads((run_dir / "official_test.json").read_text())["standard/bacc"]
@@ -122,16 +151,17 @@ COLUMNS = [
 ]
 
 
-def markdown(rows: list[dict]) -> str:
-    """Mean ± std over seeds per (method, labeled) for COLUMNS; n = number of seeds."""
+def markdown(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> str:
+    """Mean ± std over seeds per (method[+variant], labeled) for `columns`; n = number of seeds."""
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["labeled"]), []).append(r)
-    head = "| method | labeled | n | " + " | ".join(name for _, name in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (3 + len(COLUMNS))]
+        name = r["method"] + (f" +{r['variant']}" if r.get("variant") else "")
+        groups.setdefault((name, r["labeled"]), []).append(r)
+    head = "| method | labeled | n | " + " | ".join(name for _, name in columns) + " |"
+    lines = [head, "|" + "---|" * (3 + len(columns))]
     for (method, labeled), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         cells = []
-        for key, _ in COLUMNS:
+        for key, _ in columns:
             vals = np.array([r.get(key, np.nan) for r in rs], dtype=float)
             vals = vals[~np.isnan(vals)]
             if not len(vals):
@@ -148,8 +178,9 @@ def bench(grid_path: str | Path, only_report: bool = False) -> Path:
     out = Path(grid.out)
     out.mkdir(parents=True, exist_ok=True)
     if not only_report:
-        for method, labeled, seed in grid_runs(grid):
-            run_one(grid, method, labeled, seed)
+        with ThreadPoolExecutor(grid.jobs) as pool:  # threads only wait on `clcpmt train` processes
+            for done in [pool.submit(run_one, grid, *run) for run in grid_runs(grid)]:
+                done.result()
     rows = collect(grid)
     if rows:
         keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -157,5 +188,7 @@ def bench(grid_path: str | Path, only_report: bool = False) -> Path:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(rows)
-    (out / "results.md").write_text(markdown(rows) + "\n")
+    columns = COLUMNS if grid.table_split == "testing" else [c for c in COLUMNS if c[0] != "official/bacc"]
+    title = f"{grid.table_split} split, teacher at the best validation epoch, mean ± std over seeds"
+    (out / "results.md").write_text(f"{title}\n\n{markdown(rows, columns)}\n")
     return out

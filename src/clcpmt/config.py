@@ -70,6 +70,8 @@ class MethodConfig:
     momentum: float = 0.999
     warmup_epochs: float = 5.0
     mt_on_labeled: bool = True
+    student_view: str = "default"  # teacher-based methods: default (strong; weak for mean_teacher, mt_sde) | strong |
+    # weak; the FixMatch family always trains on the strong view
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0 = one pass over the unlabeled images per epoch
     lr: float = 1e-4
     weight_decay: float = 5e-4
+    optimizer: str = "adam"  # adam (L2 penalty, the paper lineage) | adamw (decoupled weight decay)
     schedule: str = "exponential"  # exponential (lr x lr_decay each epoch) | cosine
     lr_decay: float = 0.9
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
@@ -101,7 +104,9 @@ class Config:
 CHOICES = {
     "data.dataset": ("synthetic", "synthetic_multilabel", "folder", "chestxray14", "medmnist"),
     "method.status": ("confidence", "count"),
+    "method.student_view": ("default", "strong", "weak"),
     "train.schedule": ("exponential", "cosine"),
+    "train.optimizer": ("adam", "adamw"),
     "train.precision": ("32-true", "bf16-mixed", "16-mixed"),
     "train.monitor": ("val/auc", "val/bacc", "val/f1"),
 }
@@ -116,6 +121,10 @@ def _coerce(value: Any, kind: Any, key: str, where: str) -> Any:
         return tuple(_coerce(v, typing.get_args(kind)[0], key, where) for v in value)
     if origin in (typing.Union, types.UnionType):
         return value
+    if kind is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key} must be a mapping; got {value!r}")
+        return dict(value)
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),

@@ -86,6 +86,7 @@ def multilabel_metrics(
     probs, targets = probs.float(), targets.float()
     c = probs.shape[1]
     thr = torch.full((c,), 0.5) if thresholds is None else thresholds.float()
+    thr = thr.to(probs.device)  # thresholds chosen on CPU, probabilities on the GPU
     pred = (probs >= thr[None, :]).float()
     tp, fp = (pred * targets).sum(0), (pred * (1 - targets)).sum(0)
     fn, tn = ((1 - pred) * targets).sum(0), ((1 - pred) * (1 - targets)).sum(0)

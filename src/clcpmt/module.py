@@ -32,6 +32,7 @@ class SSLModule(L.LightningModule):
         steps_per_epoch: int = 1,
         channels_last: bool = False,
         task: str = "single",
+        optimizer: str = "adam",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student", "method"])
@@ -131,7 +132,9 @@ class SSLModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        opt = torch.optim.Adam(self.student.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        # adam: L2 in the gradient, as the paper lineage; adamw: decoupled weight decay
+        opt_class = torch.optim.AdamW if hp.get("optimizer", "adam") == "adamw" else torch.optim.Adam
+        opt = opt_class(self.student.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.schedule == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.epochs * hp.steps_per_epoch)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

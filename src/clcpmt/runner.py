@@ -70,9 +70,26 @@ def build_system(
         steps_per_epoch,
         t.channels_last,
         task,
+        t.optimizer,
     )
     module.weights_source = source
     return module
+
+
+def student_sees_strong(method: str, student_view: str) -> bool:
+    """Whether the student trains on a strong view of the unlabeled images.
+
+    `student_view` (default | strong | weak) applies to the teacher-based methods; the FixMatch family trains on the
+    strong view by definition, so for them it is ignored with a log line.
+    """
+    recipe = METHODS[method]
+    if student_view == "default":
+        return recipe.strong
+    if recipe.pl_source == "student":
+        if student_view != "strong":
+            log.info("method.student_view=%s ignored: %s trains on the strong view by definition", student_view, method)
+        return True
+    return student_view == "strong"
 
 
 def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = ()) -> Path:
@@ -89,6 +106,7 @@ def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (
     data.write_splits(run_dir / "splits")
     save_config(cfg, run_dir / "config.yaml")
     recipe = METHODS[cfg.method.name]
+    strong = student_sees_strong(cfg.method.name, cfg.method.student_view)
     dm = SSLDataModule(
         data,
         cfg.data.image_size,
@@ -97,7 +115,7 @@ def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (
         cfg.train.steps_per_epoch,
         cfg.data.num_workers,
         recipe.unlabeled,
-        recipe.strong,
+        strong,
         cfg.train.seed,
     )
     module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), dm.steps_per_epoch, data.task)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import os
 from dataclasses import dataclass
@@ -158,7 +159,11 @@ def cached_images(paths: list[Path], size: int, center_crop: bool, cache_dir: st
         key.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     target = cache_dir / f"images_{size}px_{len(paths)}_{key.hexdigest()[:16]}.npy"
     if not target.exists():
-        _fill_cache(target, paths, size, center_crop)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.with_suffix(".lock"), "w") as lock:  # runs started together fill the cache once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not target.exists():
+                _fill_cache(target, paths, size, center_crop)
     return np.load(target, mmap_mode="r")
 
 
