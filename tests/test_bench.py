@@ -35,6 +35,7 @@ def test_markdown_mean_and_std():
     rows = [{"method": "m", "labeled": 0.2, "seed": s, "standard/auc": v} for s, v in ((0, 80.0), (1, 90.0))]
     table = markdown(rows)
     assert "| m | 0.2 | 2 | 85.00 ± 7.07 |" in table
+    assert table.splitlines()[0] == "| method | labeled | n | AUC |"  # columns no run has are left out
 
 
 def test_tiny_grid_runs_once_and_skips_finished_runs(tmp_path):

@@ -12,6 +12,7 @@ nothing may be chosen on a test split.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -152,11 +153,15 @@ COLUMNS = [
 
 
 def markdown(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> str:
-    """Mean ± std over seeds per (method[+variant], labeled) for `columns`; n = number of seeds."""
+    """Mean ± std over seeds per (method[+variant], labeled) for `columns`; n = number of seeds.
+
+    Columns that no run has (the ISIC per-class recalls of a multi-label grid) are left out.
+    """
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in rows:
         name = r["method"] + (f" +{r['variant']}" if r.get("variant") else "")
         groups.setdefault((name, r["labeled"]), []).append(r)
+    columns = [c for c in columns if any(np.isfinite(float(r.get(c[0], np.nan))) for r in rows)]
     head = "| method | labeled | n | " + " | ".join(name for _, name in columns) + " |"
     lines = [head, "|" + "---|" * (3 + len(columns))]
     for (method, labeled), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -172,9 +177,12 @@ def markdown(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> str:
     return "\n".join(lines)
 
 
-def bench(grid_path: str | Path, only_report: bool = False) -> Path:
-    """Run every missing run of the grid, then write results.csv and results.md into grid.out."""
+def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Path:
+    """Run every missing run of the grid (`jobs` at once; 0 = the grid's own), then write results.csv and
+    results.md into grid.out."""
     grid = load_grid(grid_path)
+    if jobs:
+        grid = dataclasses.replace(grid, jobs=jobs)
     out = Path(grid.out)
     out.mkdir(parents=True, exist_ok=True)
     if not only_report:

@@ -111,7 +111,7 @@ def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> None:
 
     if overrides:
         raise ConfigError(f"bench takes no config overrides (put them in the grid file); got {' '.join(overrides)}")
-    out = bench(args.grid, only_report=args.report)
+    out = bench(args.grid, only_report=args.report, jobs=args.jobs)
     print((out / "results.md").read_text())
     print(f"results: {out / 'results.csv'}, {out / 'results.md'}")
 
@@ -150,6 +150,7 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run a method x labeled x seed grid (resumable) and tabulate it")
     b.add_argument("grid", help="grid YAML file (see benchmarks/)")
     b.add_argument("--report", action="store_true", help="only collect finished runs into the tables")
+    b.add_argument("--jobs", type=int, default=0, help="runs at once (default: the grid's `jobs`)")
     b.set_defaults(func=cmd_bench)
     d = sub.add_parser("demo", help="Mean Teacher vs CLCP-MT on embedded synthetic data (CPU, minutes)")
     d.set_defaults(func=cmd_demo)
