@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from clcpmt.losses import (
     consistency_loss,
     ema_update,
+    fairness_loss,
     probabilities,
     pseudo_label_loss,
     ramp_up,
@@ -163,3 +164,20 @@ def test_ema_update_matches_formula_with_warm_start():
     for t, old, s in zip(teacher.parameters(), t0, student.parameters(), strict=True):
         assert torch.allclose(t, 0.9 * old + 0.1 * s)
     assert ema_update(teacher, student, decay=0.99, step=10_000) == 0.99
+
+
+def test_fairness_loss_hand_value():
+    # a = SumNorm((0.6, 0.4) / (0.75, 0.25)) = (1/3, 2/3); kept student probs (0.9, 0.1), (0.2, 0.8): argmax
+    # histogram (1/2, 1/2), mean (0.55, 0.45), b = SumNorm(mean / histogram) = (0.55, 0.45);
+    # L_f = 1/3 log 0.55 + 2/3 log 0.45 = -0.731618
+    logits = torch.tensor([[0.9, 0.1], [0.2, 0.8]]).log()
+    loss = fairness_loss(logits, torch.tensor([0.6, 0.4]), torch.tensor([0.75, 0.25]))
+    assert loss.item() == pytest.approx(math.log(0.55) / 3 + 2 * math.log(0.45) / 3, abs=1e-6)
+
+
+def test_fairness_loss_treats_empty_classes_as_zero_and_sends_gradient_to_the_logits():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]], requires_grad=True)  # class 2 never predicted
+    hist = torch.tensor([0.5, 0.5, 0.0])  # and never in the EMA histogram: 1/0 counts as 0, no NaN
+    loss = fairness_loss(logits, torch.tensor([0.5, 0.3, 0.2]), hist)
+    loss.backward()
+    assert torch.isfinite(loss) and logits.grad.abs().sum() > 0

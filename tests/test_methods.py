@@ -106,6 +106,19 @@ def test_each_term_sends_nonzero_gradient_to_the_student(name, weight, task):
     assert differs(with_term, without_term)
 
 
+def test_freematch_fairness_term_sends_gradient_to_the_student():
+    # the models of seed 5 predict two classes on u^s; with one class only, b is one-hot and L_f is flat (as published)
+    grads = []
+    for lam in (1.0, 0.0):
+        student, teacher = make_models(seed=5)
+        out = build_method("freematch", C, num_unlabeled=10, lambda_fair=lam, **LOW).step(
+            make_batch(), student, teacher, LATE
+        )
+        out.loss.backward()
+        grads.append([p.grad.clone() for p in student.parameters() if p.grad is not None])
+    assert torch.isfinite(out.logs["loss/fair"]) and differs(*grads)
+
+
 def test_clcp_mt_with_zero_weights_equals_supervised():
     # eval-mode BatchNorm: the unlabeled views that CLCP-MT adds to the student's batch then change nothing
     zero = student_grads("clcp_mt", eval_bn=True, lambda_mt=0.0, lambda_sde=0.0, lambda_pl=0.0)

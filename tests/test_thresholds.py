@@ -80,6 +80,10 @@ def test_freematch_hand_values():
     # global: 0.5·0.5 + 0.5·mean(0.9, 0.7) = 0.65; class probs: 0.5·0.5 + 0.5·(0.6, 0.4) = (0.55, 0.45)
     assert rule.global_conf.item() == pytest.approx(0.65)
     assert torch.allclose(rule.thresholds(0.0), torch.tensor([0.65, 0.65 * 0.45 / 0.55]))
+    # argmax histogram of the batch (1/2, 1/2): EMA 0.5·0.5 + 0.5·0.5 = 0.5 each; then a batch of class 0 only
+    assert torch.allclose(rule.class_hist, torch.tensor([0.5, 0.5]))
+    rule.update(torch.tensor([[0.8, 0.2]]), torch.arange(1))
+    assert torch.allclose(rule.class_hist, torch.tensor([0.75, 0.25]))
 
 
 def _train_capr(rule: CAPRThreshold, steps: int) -> None:

@@ -61,6 +61,7 @@ class MethodConfig:
     lambda_mt: float = 1.0
     lambda_sde: float = 0.1
     lambda_pl: float = 1.0
+    lambda_fair: float = 0.01  # freematch: weight of its self-adaptive fairness term (FreeMatch's / USB's default)
     rampup_epochs: float = 30.0
     sde_temperature: float = 0.1
     tau: float = 0.95

@@ -80,6 +80,31 @@ def pseudo_label_loss(
     return (per_pair * mask.float()).sum() / per_pair.numel()
 
 
+def fairness_loss(logits_kept: torch.Tensor, class_probs: torch.Tensor, class_hist: torch.Tensor) -> torch.Tensor:
+    """FreeMatch's self-adaptive fairness term L_f = -H(SumNorm(p~/h~), SumNorm(p_bar/h_bar)) (Wang et al. 2023).
+
+    = sum_c a_c log b_c with a = SumNorm(p~ / h~) from the EMA class probabilities and prediction histogram (no
+    gradient) and b = SumNorm(p_bar / h_bar) from the student's strong-view probabilities of the kept samples (mean
+    p_bar, argmax histogram h_bar, itself without gradient). 1/0 counts as 0, as in FreeMatch's and USB's code.
+    Hand-written: no library has it. Single-label only.
+
+    Args:
+        logits_kept: (K, C) student logits on u^s of the K >= 1 samples whose pseudo-label was kept.
+        class_probs, class_hist: (C,) EMA of the mean probability and of the argmax histogram (weak views).
+    """
+
+    def inv(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, 1.0 / x.clamp_min(1e-12), torch.zeros_like(x))
+
+    probs = logits_kept.float().softmax(dim=1)
+    hist = torch.bincount(probs.argmax(dim=1), minlength=probs.shape[1]).float()
+    a = class_probs.float() * inv(class_hist.float())
+    a = a / a.sum()
+    b = probs.mean(dim=0) * inv(hist / hist.sum())
+    b = b / b.sum()
+    return (a.detach() * torch.log(b + 1e-12)).sum()
+
+
 def ramp_up(epoch: float, length: float) -> float:
     """w(t) = exp(-5 (1 - t/T_r)^2) for t < T_r, then 1 (SPEC §3.5); length <= 0 means no ramp."""
     if length <= 0 or epoch >= length:

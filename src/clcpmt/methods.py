@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .losses import consistency_loss, probabilities, pseudo_label_loss, ramp_up, supcon_loss, supervised_loss
+from .losses import (
+    consistency_loss,
+    fairness_loss,
+    probabilities,
+    pseudo_label_loss,
+    ramp_up,
+    supcon_loss,
+    supervised_loss,
+)
 from .thresholds import (
     CAPRThreshold,
     FixedThreshold,
@@ -64,6 +72,7 @@ class Recipe:
     threshold: str | None = None  # pseudo-label rule: fixed | flexmatch | freematch | capr
     pl_source: str = "teacher"  # teacher: EMA teacher on u^w, ramped; student: own weak view, constant weight
     strong: bool = True  # student sees a strong view of the unlabeled images
+    fairness: bool = False  # FreeMatch's self-adaptive fairness term (single-label)
 
     @property
     def unlabeled(self) -> bool:
@@ -79,7 +88,7 @@ METHODS: dict[str, Recipe] = {
     "mt_capr": Recipe(consistency=True, threshold="capr"),
     "fixmatch": Recipe(threshold="fixed", pl_source="student"),
     "flexmatch": Recipe(threshold="flexmatch", pl_source="student"),
-    "freematch": Recipe(threshold="freematch", pl_source="student"),
+    "freematch": Recipe(threshold="freematch", pl_source="student", fairness=True),
     "clcp_mt": Recipe(consistency=True, contrastive=True, threshold="capr"),
 }
 
@@ -128,9 +137,11 @@ class SSLMethod(nn.Module):
         status: str = "confidence",
         mt_on_labeled: bool = True,
         tau_negative: float = 0.95,
+        lambda_fair: float = 0.01,
     ) -> None:
         super().__init__()
         self.recipe, self.task, self.negative_threshold = recipe, task, 1.0 - tau_negative
+        self.lambda_fair = lambda_fair
         self.lambda_mt, self.lambda_sde, self.lambda_pl = lambda_mt, lambda_sde, lambda_pl
         self.rampup_epochs, self.sde_temperature, self.mt_on_labeled = rampup_epochs, sde_temperature, mt_on_labeled
         self.rule = None
@@ -174,6 +185,10 @@ class SSLMethod(nn.Module):
             logs["loss/pl"] = pseudo_label_loss(logits_us, out.pseudo, out.mask, task)
             logs["mask_rate"] = out.mask.float().mean()
             out.loss = out.loss + (w if r.pl_source == "teacher" else 1.0) * self.lambda_pl * logs["loss/pl"]
+            if r.fairness and task == "single" and out.mask.any():
+                rule = self.rule
+                logs["loss/fair"] = fairness_loss(logits_us[out.mask], rule.class_probs, rule.class_hist)
+                out.loss = out.loss + self.lambda_fair * logs["loss/fair"]
         for key in logs:
             logs[key] = logs[key].detach()
         return out

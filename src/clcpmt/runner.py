@@ -54,6 +54,7 @@ def build_system(
         status=m.status,
         mt_on_labeled=m.mt_on_labeled,
         tau_negative=m.tau_negative,
+        lambda_fair=m.lambda_fair,
     )
     t = cfg.train
     module = SSLModule(

@@ -209,15 +209,19 @@ class FreeMatchThreshold(nn.Module):
         self.momentum, self.task = momentum, task
         self.register_buffer("global_conf", torch.tensor(1.0 / num_classes))
         self.register_buffer("class_probs", torch.full((num_classes,), 1.0 / num_classes))
+        # EMA of the argmax histogram, for the fairness term (losses.fairness_loss; single-label only)
+        self.register_buffer("class_hist", torch.full((num_classes,), 1.0 / num_classes))
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor, index: torch.Tensor) -> None:
         conf = probs.max(dim=1).values if self.task == "single" else torch.maximum(probs, 1 - probs).mean(dim=1)
-        stats = torch.cat([conf.sum()[None], probs.sum(0), probs.new_tensor([len(probs)])])
-        stats = _all_reduce_sum(stats.float())  # (C + 2,): sum of max p, sum of p per class, count
-        m = self.momentum
+        hist = torch.bincount(probs.argmax(dim=1), minlength=probs.shape[1]).to(probs)
+        stats = torch.cat([conf.sum()[None], probs.sum(0), hist, probs.new_tensor([len(probs)])])
+        stats = _all_reduce_sum(stats.float())  # (2C + 2,): sum of max p, sum of p per class, histogram, count
+        m, c = self.momentum, len(self.class_probs)
         self.global_conf.mul_(m).add_((1 - m) * stats[0] / stats[-1])
-        self.class_probs.mul_(m).add_((1 - m) * stats[1:-1] / stats[-1])
+        self.class_probs.mul_(m).add_((1 - m) * stats[1 : c + 1] / stats[-1])
+        self.class_hist.mul_(m).add_((1 - m) * stats[c + 1 : 2 * c + 1] / stats[-1])
 
     def thresholds(self, epoch: float) -> torch.Tensor:
         return freematch_thresholds(self.global_conf, self.class_probs)
