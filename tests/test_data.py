@@ -104,6 +104,37 @@ def test_cache_is_reused(tmp_path):
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
 
 
+def test_runs_started_together_fill_the_cache_once(tmp_path, monkeypatch):
+    """Parallel benchmark runs on one dataset: a file lock makes one of them fill the cache while the others wait."""
+    import threading
+    import time
+
+    import clcpmt.data.readers as readers
+
+    images, labels = make_synthetic(50, 16)
+    table = read_labels(write_image_folder(tmp_path / "d", images, labels, fmt="png"), ISIC_CLASSES)
+    paths = resolve_images(table, tmp_path / "d" / "images")
+    fills, real = [], readers._fill_cache
+
+    def slow_fill(*args):
+        fills.append(1)
+        time.sleep(0.5)  # every run has seen "no cache yet" before the first fill ends
+        real(*args)
+
+    monkeypatch.setattr(readers, "_fill_cache", slow_fill)
+    monkeypatch.setattr(readers, "Pool", _SerialPool)
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(np.asarray(cached_images(paths, 16, False, tmp_path / "c"))))
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(fills) == 1 and len(results) == 3 and all(np.array_equal(r, images) for r in results)
+
+
 def test_interrupted_cache_resumes(tmp_path, monkeypatch):
     import clcpmt.data.readers as readers
 
