@@ -68,3 +68,35 @@ def test_variants_run_in_parallel_and_are_tabulated_on_validation(tmp_path):
     assert "| clcp_mt | 0.2 | 1 |" in text and "| clcp_mt +tmin8 | 0.2 | 1 |" in text
     config = (out / "clcp_mt_lab0.2_seed0_tmin8" / "config.yaml").read_text()
     assert "tau_min: 0.8" in config and (out / "clcp_mt_lab0.2_seed0_tmin8" / "train.log").is_file()
+
+
+def test_wall_time_sums_the_attempts_of_a_resumed_run(tmp_path, monkeypatch):
+    import subprocess
+    import time as time_module
+
+    import clcpmt.bench as bench_module
+
+    path = tmp_path / "g.yaml"
+    path.write_text(f"config: demo\nout: {tmp_path / 'b'}\nmethods: [supervised]\nseeds: [0]\n")
+    grid = load_grid(path)
+    run_dir = tmp_path / "b" / "supervised_lab0.2_seed0"
+    clock = iter([100.0, 130.0, 500.0, 545.0])  # attempt 1 runs 30 s and is interrupted, attempt 2 runs 45 s
+    monkeypatch.setattr(time_module, "time", lambda: next(clock))
+
+    def interrupted(cmd, **kw):
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "checkpoints" / "last.ckpt").write_text("")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bench_module.run_one(grid, "supervised", 0.2, 0)
+    assert (run_dir / "wall_time.txt").read_text() == "30\n"
+
+    def finishes(cmd, **kw):
+        assert "--resume" in cmd
+        (run_dir / "metrics.json").write_text("{}")
+
+    monkeypatch.setattr(subprocess, "run", finishes)
+    bench_module.run_one(grid, "supervised", 0.2, 0)
+    assert (run_dir / "wall_time.txt").read_text() == "75\n"

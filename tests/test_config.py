@@ -35,6 +35,8 @@ def test_bad_type_and_bad_value_name_the_key():
         load_config(None, ["--method.name=clcpmt"])
     with pytest.raises(ConfigError, match=r"method\.tau_min must be a float in \[0, method\.tau=0\.95\].*got 0\.97"):
         load_config(None, ["--method.tau_min=0.97"])
+    with pytest.raises(ConfigError, match=r"method\.tau_negative must be in \[0\.5, 1\].*got 0\.3"):
+        load_config(None, ["--method.tau_negative=0.3"])
     with pytest.raises(ConfigError, match="data.dataset=folder needs data.images"):
         load_config(None, ["--data.dataset=folder"])
     with pytest.raises(ConfigError, match="expected --section.key=value"):

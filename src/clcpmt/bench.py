@@ -96,15 +96,20 @@ def run_one(grid: Grid, method: str, labeled: float, seed: int, variant: str = "
                 *grid.overrides,
                 *grid.variants.get(variant, []),
             ]
-        start = time.time()
         cmd += ["--train.progress_bar=false"]
-        if grid.jobs > 1:  # interleaved output of parallel runs would be unreadable
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with open(run_dir / "train.log", "a") as log:
-                subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-        else:
-            subprocess.run(cmd, check=True)
-        (run_dir / "wall_time.txt").write_text(f"{time.time() - start:.0f}\n")
+        # wall_time.txt sums every attempt of a resumed run (an attempt killed by SIGKILL is not counted)
+        wall = run_dir / "wall_time.txt"
+        before, start = float(wall.read_text()) if wall.is_file() else 0.0, time.time()
+        try:
+            if grid.jobs > 1:  # interleaved output of parallel runs would be unreadable
+                run_dir.mkdir(parents=True, exist_ok=True)
+                with open(run_dir / "train.log", "a") as log:
+                    subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+            else:
+                subprocess.run(cmd, check=True)
+        finally:
+            if run_dir.is_dir():
+                wall.write_text(f"{before + time.time() - start:.0f}\n")
     official = run_dir / "official_test.json"
     if grid.official_labels and not official.is_file():
         from .runner import evaluate_csv

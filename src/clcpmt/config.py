@@ -220,11 +220,7 @@ def validate(cfg: Config) -> None:
             close = difflib.get_close_matches(str(value), allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got '{value}'{hint}")
-    m = cfg.method
-    if not 0.0 <= m.tau_min <= m.tau <= 1.0:
-        raise ConfigError(f"method.tau_min must be a float in [0, method.tau={m.tau}] and tau <= 1; got {m.tau_min}")
-    if not 0.0 <= m.ema_decay < 1.0 or not 0.0 <= m.momentum < 1.0:
-        raise ConfigError("method.ema_decay and method.momentum must be in [0, 1)")
+    _validate_method(cfg.method)
     if cfg.data.labeled <= 0:
         raise ConfigError(f"data.labeled must be a fraction in (0, 1) or a count >= 1; got {cfg.data.labeled}")
     d = cfg.data
@@ -237,6 +233,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.dataset=medmnist needs data.labels, the path of the MedMNIST .npz file")
     if cfg.data.image_size < 8 or cfg.train.epochs < 1:
         raise ConfigError("data.image_size must be >= 8 and train.epochs >= 1")
+
+
+def _validate_method(m: MethodConfig) -> None:
+    if not 0.0 <= m.tau_min <= m.tau <= 1.0:
+        raise ConfigError(f"method.tau_min must be a float in [0, method.tau={m.tau}] and tau <= 1; got {m.tau_min}")
+    if not 0.5 <= m.tau_negative <= 1.0:  # a negative pseudo-label needs p <= 1 - tau_negative, at most 0.5
+        raise ConfigError(f"method.tau_negative must be in [0.5, 1] (negative when p <= 1 - it); got {m.tau_negative}")
+    if not 0.0 <= m.ema_decay < 1.0 or not 0.0 <= m.momentum < 1.0:
+        raise ConfigError("method.ema_decay and method.momentum must be in [0, 1)")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
