@@ -48,3 +48,29 @@ def test_threshold_state_agrees_across_two_processes():
         single = rule.thresholds(1.0)
         assert torch.allclose(out[(0, name)], out[(1, name)]), name
         assert torch.allclose(out[(0, name)], single, atol=1e-6), name
+
+
+def test_a_whole_run_on_two_cpu_processes(tmp_path):
+    """Lightning DDP end to end (gloo, 2 processes): trains, resumes nothing, process 0 evaluates once."""
+    import json
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "clcpmt.cli", "train", "--config", "demo", f"--run_dir={run_dir}"]
+    cmd += ["--train.accelerator=cpu", "--train.devices=2", "--train.epochs=2", "--train.steps_per_epoch=2"]
+    cmd += [
+        "--data.synthetic_size=300",
+        "--data.num_workers=0",
+        "--method.warmup_epochs=0",
+        "--train.progress_bar=false",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Starting with 2 processes" in res.stdout + res.stderr
+    assert (res.stdout + res.stderr).count("run folder:") == 1  # process 0 alone evaluates
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["testing/teacher"]["standard/auc"] <= 100.0
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    sigma = state["method.rule.status.sigma"]
+    assert not torch.allclose(sigma, torch.full_like(sigma, 1 / 7))  # the CAPR status was updated under DDP

@@ -53,7 +53,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
         print(json.dumps(to_dict(cfg), indent=2))
         return
     run_dir = train(cfg, resume=bool(args.resume))
-    print(f"run folder: {run_dir}")
+    if run_dir is not None:  # None: another process of a distributed run
+        print(f"run folder: {run_dir}")
 
 
 def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -97,8 +98,12 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
         cfg = replace(base, run_dir=str(Path(base.run_dir) / method), method=replace(base.method, name=method))
         shutil.rmtree(cfg.run_dir, ignore_errors=True)  # the demo's own folder: always a fresh run
         run_dir = train(cfg)
+        if run_dir is None:  # another process of a distributed run
+            continue
         m = json.loads((run_dir / "metrics.json").read_text())["testing/teacher"]
         rows.append((method, m["standard/auc"], m["standard/bacc"], m["standard/f1"], m["srcmt/f1"]))
+    if not rows:
+        return
     print("\nDemo on SYNTHETIC data (testing split, teacher, best epoch by validation macro AUC):")
     print(f"{'method':<14}{'macro AUC':>10}{'bal. acc':>10}{'macro F1':>10}{'srcmt F1':>10}")
     for name, *vals in rows:

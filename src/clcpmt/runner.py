@@ -93,8 +93,9 @@ def student_sees_strong(method: str, student_view: str) -> bool:
     return student_view == "strong"
 
 
-def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = ()) -> Path:
-    """Fit cfg's method, then evaluate the best checkpoint on validation and testing. Returns the run folder."""
+def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = ()) -> Path | None:
+    """Fit cfg's method, then evaluate the best checkpoint on validation and testing. Returns the run folder
+    (None in the other processes of a distributed run)."""
     run_dir = Path(cfg.run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     if not resume and last.exists():
@@ -156,7 +157,11 @@ def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # CatMetric gathers the validation set across processes, so the logged values are already global
+        warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
+    if not trainer.is_global_zero:  # distributed: process 0 alone evaluates and writes metrics.json
+        return None
     results = evaluate_parts(best.best_model_path or str(last), data, ("validation", "testing"))
     results["best_epoch"] = (
         int(torch.load(best.best_model_path, weights_only=False)["epoch"]) if best.best_model_path else -1
