@@ -109,6 +109,29 @@ def test_labeled_draw_keeps_rare_findings_and_is_stratified():
     assert np.array_equal(draw_labeled_multilabel(targets, 0.05, seed=1)[0], lab)
 
 
+def test_labeled_draw_does_not_drag_extra_rare_positives_in():
+    # 10 images with rare A and frequent B, 90 with B only, 100 with none; a 50 % draw wants 5 A and 50 B. A naive
+    # greedy draw fills A with 5 A+B images, then fills B from all free B images, A+B included (about 2.4 more A).
+    targets = np.zeros((200, 2), dtype=np.float32)
+    targets[:10] = 1
+    targets[10:100, 1] = 1
+    for seed in range(20):
+        lab, _ = draw_labeled_multilabel(targets, 0.5, seed=seed)
+        assert len(lab) == 100 and targets[lab].sum(0).tolist() == [5, 50]
+
+
+def test_synthetic_multilabel_splits_keep_each_findings_share():
+    cfg = load_config(
+        None, ["--data.dataset=synthetic_multilabel", "--data.synthetic_size=3000", "--data.image_size=8"]
+    )
+    data = prepare_data(cfg.data)
+    total = data.targets.sum(0)
+    for part, share in [("validation", 0.1), ("testing", 0.2)]:
+        np.testing.assert_allclose(data.targets[data.parts[part]].sum(0), total * share, atol=1)
+    labeled = data.targets[data.parts["labeled"]].sum(0)
+    np.testing.assert_allclose(labeled, total * 0.7 * 0.2, atol=1)  # "spot" (6 %): 24 labeled, not 48
+
+
 def test_nih_layout_patient_split_and_split_files_round_trip(tmp_path):
     root = write_nih(tmp_path / "nih")
     data = prepare_data(nih_config(root, tmp_path, "--data.labeled=0.3").data)

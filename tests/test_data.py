@@ -270,3 +270,40 @@ def test_real_skin_racmt_split(shared_data):
     assert np.bincount(meta.targets).tolist() == [1113, 6705, 514, 327, 1099, 115, 142]
     table = read_labels(folder / "validation.csv", ISIC_CLASSES)
     assert len(resolve_images(table, shared_data / "isic2018_ham10000" / "images_200x150")) == 1000
+
+
+def test_balance_weights_hand_computed():
+    from clcpmt.data.datamodule import balance_weights
+
+    # single-label, 3 images of class 0 and 1 of class 1: class-balanced gives each class half of the mass
+    w = balance_weights(np.array([0, 0, 0, 1]), 1.0)
+    np.testing.assert_allclose(w, [1 / 6, 1 / 6, 1 / 6, 1 / 2])
+    np.testing.assert_allclose(balance_weights(np.array([0, 0, 0, 1]), 0.0), [0.25] * 4)  # power 0 = uniform
+    w = balance_weights(np.array([0, 0, 0, 0, 1]), 0.5)  # square root: 4^-0.5 = 0.5, 1^-0.5 = 1 -> 0.5*4 + 1 = 3
+    np.testing.assert_allclose(w, [0.5 / 3] * 4 + [1 / 3])
+    # multi-label: finding A in 3 images, B in 1, one "No Finding" image; the rarest finding of an image decides
+    t = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], dtype=np.float32)
+    raw = np.array([1 / 3, 1 / 3, 1.0, 1.0])  # A: 1/3; A+B: max(1/3, 1/1); No Finding group of 1: 1
+    np.testing.assert_allclose(balance_weights(t, 1.0), raw / raw.sum())
+
+
+def test_balanced_sampler_draws_rare_classes_often_and_is_reproducible():
+    from clcpmt.data.datamodule import EpochSampler, balance_weights
+
+    targets = np.array([0] * 90 + [1] * 10)
+    s = EpochSampler(100, 20_000, seed=3, weights=balance_weights(targets, 1.0))
+    s.set_epoch(2)
+    index = np.array([i for i, _ in s])
+    assert abs((targets[index] == 1).mean() - 0.5) < 0.02  # uniform sampling would give 0.10
+    assert list(s) == list(s)  # a pure function of (seed, epoch): a resumed run draws the same batches
+    s.set_epoch(3)
+    assert np.array([i for i, _ in s]).tolist() != index.tolist()
+    uniform = np.array([i for i, _ in EpochSampler(100, 20_000, seed=3)])
+    assert abs((targets[uniform] == 1).mean() - 0.1) < 1e-9  # permutations: exactly the data's proportion
+
+
+def test_labeled_balance_range_is_checked():
+    from clcpmt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.labeled_balance"):
+        load_config(None, ["--data.labeled_balance=2"])

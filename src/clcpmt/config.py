@@ -41,6 +41,8 @@ class DataConfig:
     cache_dir: str = ""  # pre-resized image cache; "" = ~/.cache/clcpmt
     batch_labeled: int = 12
     batch_unlabeled: int = 36
+    labeled_balance: float = 0.0  # labeled sampler: 0 uniform, 1 class-balanced, 0.5 square-root (rare classes drawn
+    # more often so SDE's batch has their positives; SPEC §3's option)
     num_workers: int = 2
     synthetic_size: int = 2000  # images of the synthetic dataset
     seed: int = 0  # seed of the split and of the labeled draw
@@ -231,6 +233,8 @@ def validate(cfg: Config) -> None:
                           "data.train_list + data.test_list (or data.splits)")  # fmt: skip
     if d.dataset == "medmnist" and not d.labels:
         raise ConfigError("data.dataset=medmnist needs data.labels, the path of the MedMNIST .npz file")
+    if not 0.0 <= d.labeled_balance <= 1.0:
+        raise ConfigError(f"data.labeled_balance must be in [0, 1] (0 uniform, 1 balanced); got {d.labeled_balance}")
     if cfg.data.image_size < 8 or cfg.train.epochs < 1:
         raise ConfigError("data.image_size must be >= 8 and train.epochs >= 1")
 

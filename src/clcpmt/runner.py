@@ -119,6 +119,7 @@ def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (
         recipe.unlabeled,
         strong,
         cfg.train.seed,
+        cfg.data.labeled_balance,
     )
     module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), dm.steps_per_epoch, data.task)
     log.info(

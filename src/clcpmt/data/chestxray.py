@@ -85,20 +85,25 @@ def draw_labeled_multilabel(targets: np.ndarray, labeled: float, seed: int = 0) 
     """Labeled/unlabeled positions for multi-label targets (N, C), stratified per finding.
 
     Greedy iterative stratification (Sechidis et al. 2011), rarest finding first: each finding gets its share of
-    labeled positives, so rare findings (Hernia) are present; "No Finding" images fill the rest of the count.
-    Hand-written because it is 15 lines, where the library for it (iterative-stratification) is slow on 112k rows.
+    labeled positives, so rare findings (Hernia) are present; "No Finding" images fill the rest of the count. When a
+    finding is filled, images that also carry an already-filled finding come last, so frequent findings do not drag
+    extra rare positives in (without this, a 70 % draw took 84 % of the synthetic set's rare "spot" images).
+    Hand-written because it is 20 lines, where the library for it (iterative-stratification) is slow on 112k rows.
     """
     rng = np.random.default_rng(seed)
     n = len(targets)
     count = int(round(labeled * n)) if labeled <= 1 else min(int(labeled), n)
     chosen = np.zeros(n, dtype=bool)
     pos = targets > 0.5
-    for c in np.argsort(pos.sum(0), kind="stable"):  # rarest first
-        want = int(round(pos[:, c].sum() * count / n)) if pos[:, c].any() else 0
-        want = max(want, 1) if pos[:, c].any() else want  # every finding present gets at least one label
-        have = int((chosen & pos[:, c]).sum())
+    size = pos.sum(0)
+    want = np.where(size > 0, np.maximum(np.round(size * count / n).astype(int), 1), 0)  # each present finding >= 1
+    for c in np.argsort(size, kind="stable"):  # rarest first
+        have = (pos & chosen[:, None]).sum(0)
         free = np.flatnonzero(pos[:, c] & ~chosen)
-        chosen[rng.permutation(free)[: max(want - have, 0)]] = True
+        full = (have >= want) & (np.arange(pos.shape[1]) != c)
+        order = np.lexsort((rng.random(len(free)), pos[free][:, full].sum(1)))  # fewest filled findings first
+        take = min(want[c] - have[c], count - int(chosen.sum()))  # never more than `count` in all
+        chosen[free[order[: max(take, 0)]]] = True
     rest = np.flatnonzero(~chosen)
     order = np.lexsort((rng.random(len(rest)), pos[rest].sum(1)))  # No Finding images first, random among equals
     chosen[rest[order[: max(count - int(chosen.sum()), 0)]]] = True

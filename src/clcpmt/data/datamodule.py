@@ -70,15 +70,39 @@ class EvalImages(Dataset):
         return self.norm(_tensor(self.images[self.index[i]])), torch.as_tensor(self.targets[self.index[i]])
 
 
+def balance_weights(targets: np.ndarray, power: float) -> np.ndarray:
+    """Sampling weights that give rare classes more draws: w_i = max over i's classes c of n_c^(-power), summing to 1.
+
+    SPEC §3's optional class-balanced labeled sampler, so tail classes have positives in SDE's batch. power 0 is
+    uniform, 1 class-balanced (each single-label class drawn equally often), 0.5 the square-root compromise.
+    Multi-label: an image counts in each of its findings and the rarest one decides; "No Finding" (all-zero) images
+    form their own group.
+
+    Args:
+        targets: (N,) class indices or (N, C) 0/1 findings.
+    """
+    if targets.ndim == 1:
+        groups = np.eye(int(targets.max()) + 1, dtype=bool)[targets]
+    else:
+        groups = np.concatenate([targets > 0.5, (targets <= 0.5).all(1, keepdims=True)], axis=1)
+    counts = groups.sum(0).astype(np.float64)  # (G,) images per group; each image is in >= 1 non-empty group
+    per_group = np.zeros_like(counts)
+    per_group[counts > 0] = counts[counts > 0] ** -power
+    w = (groups * per_group).max(1)
+    return w / w.sum()
+
+
 class EpochSampler(Sampler[tuple[int, int]]):
     """`num_samples` (index, augmentation seed) pairs from successive permutations, all drawn from (seed, epoch).
 
+    With `weights`, indices are drawn with replacement in those proportions instead (the class-balanced sampler).
     Every view is then a pure function of (seed, epoch, position): a run resumed from a checkpoint draws exactly the
     batches of the uninterrupted run, whatever the number of workers (Lightning calls `set_epoch` each epoch).
     """
 
-    def __init__(self, size: int, num_samples: int, seed: int = 0) -> None:
+    def __init__(self, size: int, num_samples: int, seed: int = 0, weights: np.ndarray | None = None) -> None:
         self.size, self.num_samples, self.seed, self.epoch = size, num_samples, seed, 0
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -88,8 +112,11 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        rounds = math.ceil(self.num_samples / self.size)
-        index = torch.cat([torch.randperm(self.size, generator=g) for _ in range(rounds)])[: self.num_samples]
+        if self.weights is not None:
+            index = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
+        else:
+            rounds = math.ceil(self.num_samples / self.size)
+            index = torch.cat([torch.randperm(self.size, generator=g) for _ in range(rounds)])[: self.num_samples]
         seeds = torch.randint(0, 2**62, (self.num_samples,), generator=g)
         return iter(zip(index.tolist(), seeds.tolist(), strict=True))
 
@@ -115,8 +142,10 @@ class SSLDataModule(L.LightningDataModule):
         use_unlabeled: bool = True,
         strong: bool = True,
         seed: int = 0,
+        labeled_balance: float = 0.0,
     ) -> None:
         super().__init__()
+        self.labeled_balance = labeled_balance
         self.data, self.image_size = data, image_size
         self.batch_labeled, self.batch_unlabeled = batch_labeled, batch_unlabeled
         self.num_workers, self.use_unlabeled, self.strong, self.seed = num_workers, use_unlabeled, strong, seed
@@ -128,8 +157,8 @@ class SSLDataModule(L.LightningDataModule):
                 "this method needs unlabeled images, but data.labeled leaves none; use method.name=supervised"
             )
 
-    def _loader(self, dataset: Dataset, batch: int, workers: int) -> DataLoader:
-        sampler = EpochSampler(len(dataset), self.steps_per_epoch * batch, self.seed + batch)
+    def _loader(self, dataset: Dataset, batch: int, workers: int, weights: np.ndarray | None = None) -> DataLoader:
+        sampler = EpochSampler(len(dataset), self.steps_per_epoch * batch, self.seed + batch, weights)
         return DataLoader(
             dataset,
             batch_size=batch,
@@ -142,9 +171,11 @@ class SSLDataModule(L.LightningDataModule):
     def train_dataloader(self) -> CombinedLoader:
         d, size = self.data, self.image_size
         workers = max(self.num_workers // 2, 1) if self.num_workers and self.use_unlabeled else self.num_workers
+        labeled = d.parts["labeled"]
+        weights = balance_weights(d.targets[labeled], self.labeled_balance) if self.labeled_balance > 0 else None
         loaders = {
             "labeled": self._loader(
-                LabeledViews(d.images, d.targets, d.parts["labeled"], size), self.batch_labeled, workers
+                LabeledViews(d.images, d.targets, labeled, size), self.batch_labeled, workers, weights
             )
         }
         if self.use_unlabeled:
