@@ -1,6 +1,6 @@
 import pytest
 
-from clcpmt.bench import bench, grid_runs, load_grid, markdown, run_name
+from clcpmt.bench import bench, final_thresholds, grid_runs, load_grid, markdown, run_name
 from clcpmt.config import ConfigError
 
 
@@ -38,6 +38,13 @@ def test_markdown_mean_and_std():
     assert table.splitlines()[0] == "| method | labeled | n | AUC |"  # columns no run has are left out
 
 
+def test_final_thresholds_are_the_last_logged_epochs(tmp_path):
+    log = tmp_path / "metrics.csv"  # Lightning's CSV: training-step rows without thresholds between epoch rows
+    log.write_text("epoch,threshold/a,threshold/b,val/auc\n0,0.9,0.8,\n0,,,70\n1,0.7,0.6,\n1,,,75\n")
+    assert final_thresholds(log) == {"final_threshold/a": 0.7, "final_threshold/b": 0.6}
+    assert final_thresholds(tmp_path / "absent.csv") == {}
+
+
 def test_tiny_grid_runs_once_and_skips_finished_runs(tmp_path):
     path = tmp_path / "g.yaml"
     out = tmp_path / "bench"
@@ -49,6 +56,9 @@ def test_tiny_grid_runs_once_and_skips_finished_runs(tmp_path):
     text = (out / "results.md").read_text()
     assert "| supervised | 0.2 | 1 |" in text and "| fixmatch | 0.2 | 1 |" in text
     assert (out / "fixmatch_lab0.2_seed0" / "thresholds.png").is_file()
+    per_class, thresholds = text.split("Per-class AUC")[1].split("Per-class thresholds")
+    assert "| supervised | 0.2 | 1 |" in per_class and "| MEL | NV |" in per_class
+    assert "supervised" not in thresholds and "| fixmatch | 0.2 | 1 | " + " | ".join(["0.95"] * 7) + " |" in thresholds
     stamp = (out / "supervised_lab0.2_seed0" / "metrics.json").stat().st_mtime
     bench(path)
     assert (out / "supervised_lab0.2_seed0" / "metrics.json").stat().st_mtime == stamp

@@ -135,10 +135,22 @@ def collect(grid: Grid) -> list[dict]:
         row |= {f"val_{k}": v for k, v in metrics["validation/teacher"].items() if k.startswith("standard/")}
         if (run_dir / "official_test.json").is_file():
             row["official/bacc"] = json.loads((run_dir / "official_test.json").read_text())["standard/bacc"]
+        row |= final_thresholds(run_dir / "logs" / "metrics.csv")
         wall = run_dir / "wall_time.txt"
         row["wall_s"] = float(wall.read_text()) if wall.is_file() else float("nan")
         rows.append(row)
     return rows
+
+
+def final_thresholds(log: Path) -> dict[str, float]:
+    """The per-class thresholds of the last logged epoch (pseudo-labelling methods), keyed `final_threshold/<class>`."""
+    if not log.is_file():
+        return {}
+    with open(log, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if any(k.startswith("threshold/") and v for k, v in r.items())]
+    if not rows:
+        return {}
+    return {f"final_{k}": float(v) for k, v in rows[-1].items() if k.startswith("threshold/") and v}
 
 
 COLUMNS = [
@@ -154,6 +166,7 @@ COLUMNS = [
     ("srcmt/spec", "Spec"),
     ("srcmt/f1", "srcmt F1"),
     ("official/bacc", "ISIC test BAcc"),
+    ("val_standard/auc", "val AUC"),
 ]
 
 
@@ -203,5 +216,18 @@ def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Pa
             writer.writerows(rows)
     columns = COLUMNS if grid.table_split == "testing" else [c for c in COLUMNS if c[0] != "official/bacc"]
     title = f"{grid.table_split} split, teacher at the best validation epoch, mean ± std over seeds"
-    (out / "results.md").write_text(f"{title}\n\n{markdown(rows, columns)}\n")
+    text = f"{title}\n\n{markdown(rows, columns)}\n"
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    per_class = [(k, k.split("/", 1)[1]) for k in keys if k.startswith("auc/")]
+    classes = [name for _, name in per_class]  # the logger writes thresholds in alphabetical order: use the classes'
+    thresholds = sorted(
+        [(k, k.split("/", 1)[1]) for k in keys if k.startswith("final_threshold/")],
+        key=lambda kn: classes.index(kn[1]) if kn[1] in classes else len(classes),
+    )
+    if per_class:
+        text += f"\nPer-class AUC, {grid.table_split} split\n\n{markdown(rows, per_class)}\n"
+    if thresholds:
+        with_thresholds = [r for r in rows if any(k in r for k, _ in thresholds)]
+        text += f"\nPer-class thresholds at the end of training\n\n{markdown(with_thresholds, thresholds)}\n"
+    (out / "results.md").write_text(text)
     return out
