@@ -55,6 +55,7 @@ def test_tiny_grid_runs_once_and_skips_finished_runs(tmp_path):
     bench(path)
     text = (out / "results.md").read_text()
     assert "| supervised | 0.2 | 1 |" in text and "| fixmatch | 0.2 | 1 |" in text
+    assert text.splitlines()[2].endswith("| val AUC |")  # the validation column beside the testing ones
     assert (out / "fixmatch_lab0.2_seed0" / "thresholds.png").is_file()
     per_class, thresholds = text.split("Per-class AUC")[1].split("Per-class thresholds")
     assert "| supervised | 0.2 | 1 |" in per_class and "| MEL | NV |" in per_class
@@ -74,7 +75,7 @@ def test_variants_run_in_parallel_and_are_tabulated_on_validation(tmp_path):
     )
     bench(path)
     text = (out / "results.md").read_text()
-    assert text.startswith("validation split") and "ISIC test BAcc" not in text
+    assert text.startswith("validation split") and "ISIC test BAcc" not in text and "val AUC" not in text
     assert "| clcp_mt | 0.2 | 1 |" in text and "| clcp_mt +tmin8 | 0.2 | 1 |" in text
     config = (out / "clcp_mt_lab0.2_seed0_tmin8" / "config.yaml").read_text()
     assert "tau_min: 0.8" in config and (out / "clcp_mt_lab0.2_seed0_tmin8" / "train.log").is_file()

@@ -214,7 +214,11 @@ def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Pa
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(rows)
-    columns = COLUMNS if grid.table_split == "testing" else [c for c in COLUMNS if c[0] != "official/bacc"]
+    columns = (
+        COLUMNS
+        if grid.table_split == "testing"
+        else [c for c in COLUMNS if c[0] not in ("official/bacc", "val_standard/auc")]
+    )
     title = f"{grid.table_split} split, teacher at the best validation epoch, mean ± std over seeds"
     text = f"{title}\n\n{markdown(rows, columns)}\n"
     keys = list(dict.fromkeys(k for r in rows for k in r))
