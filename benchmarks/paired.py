@@ -11,15 +11,15 @@ import csv
 import statistics
 
 
-def by_seed(rows: list[dict], name: str, metric: str) -> dict[int, float]:
-    out = {
-        int(r["seed"]): float(r[metric])
-        for r in rows
-        if r["method"] + (f"+{r['variant']}" * bool(r["variant"])) == name
-    }
-    if not out:
+def by_seed(rows: list[dict], name: str, metric: str, labeled: float | None) -> dict[int, float]:
+    """{seed: metric} of the row `name` (method or method+variant) at one labeled fraction."""
+    mine = [r for r in rows if r["method"] + (f"+{r['variant']}" * bool(r["variant"])) == name]
+    fractions = sorted({float(r["labeled"]) for r in mine})
+    if not mine:
         raise SystemExit(f"no row '{name}' in the results (rows are method or method+variant)")
-    return out
+    if labeled is None and len(fractions) > 1:
+        raise SystemExit(f"'{name}' has runs at labeled fractions {fractions}: choose one with --labeled")
+    return {int(r["seed"]): float(r[metric]) for r in mine if labeled is None or float(r["labeled"]) == labeled}
 
 
 def main() -> None:
@@ -28,11 +28,12 @@ def main() -> None:
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("--metric", nargs="+", default=["standard/auc"])
+    ap.add_argument("--labeled", type=float, default=None, help="labeled fraction (needed when a row has several)")
     args = ap.parse_args()
     with open(args.results, newline="") as f:
         rows = list(csv.DictReader(f))
     for metric in args.metric:
-        a, b = by_seed(rows, args.a, metric), by_seed(rows, args.b, metric)
+        a, b = by_seed(rows, args.a, metric, args.labeled), by_seed(rows, args.b, metric, args.labeled)
         seeds = sorted(a.keys() & b.keys())
         diff = [a[s] - b[s] for s in seeds]
         per_seed = " / ".join(f"{d:+.2f}" for d in diff)
