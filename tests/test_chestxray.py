@@ -212,6 +212,9 @@ def test_real_chestxray14_labels_and_patient_disjoint_splits(shared_data):
     chexnet = read_image_list(shared_data / "chestxray14" / "chexnet_split" / "val_list.txt")
     pefat = read_image_list(shared_data / "ssl_splits" / "chest_pefat" / "val.csv")
     assert len(chexnet) == 11_219 and len(pefat) == 6_292 and all(n in position for n in pefat)
+    targets = entry.targets[train]  # a 20 % labeled draw keeps every finding's share (Hernia included)
+    lab, _ = draw_labeled_multilabel(targets, 0.2, seed=0)
+    np.testing.assert_allclose(targets[lab].sum(0) / targets.sum(0), 0.2, atol=0.002)
 
 
 def test_real_88_xrays_smoke_train_evaluate_predict(shared_data, tmp_path, capsys):
