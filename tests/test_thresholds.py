@@ -132,6 +132,9 @@ def test_select_pseudo_labels_single_and_multi():
     pseudo, mask = select_pseudo_labels(probs, torch.tensor([0.65, 0.8]), "multi", negative_threshold=0.2)
     assert pseudo.tolist() == [[1, 0], [0, 0], [0, 1]]
     assert mask.tolist() == [[True, False], [False, False], [True, True]]
+    saturated = torch.tensor([[0.0, 0.3]])  # a sigmoid rounds to exactly 0 in fp32 below a logit of about -104
+    assert select_pseudo_labels(saturated, torch.tensor([0.65, 0.8]), "multi", 0.05)[1].tolist() == [[True, False]]
+    assert select_pseudo_labels(saturated, torch.tensor([0.65, 0.8]), "multi", 0.0)[1].tolist() == [[False, False]]
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """End to end: training on synthetic data, crash-and-resume parity, and a smoke run on real HAM10000 images."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -151,3 +152,19 @@ def test_optimizer_option(name, cls):
     module = build_system(cfg, ISIC_CLASSES, num_unlabeled=10, steps_per_epoch=2)
     opt = module.configure_optimizers()["optimizer"]
     assert type(opt) is cls and opt.defaults["weight_decay"] == 0.01
+
+
+def test_multilabel_pseudo_label_stats_count_positives_negatives_and_missed():
+    """Hand case: 4 unlabeled images, 2 findings; hidden labels only counted, never trained on."""
+    cfg = load_config("configs/demo.yaml", ["--model.backbone=resnet10t"])
+    module = build_system(cfg, ("a", "b"), num_unlabeled=4, steps_per_epoch=1, task="multi")
+    module._reset_pl_stats()
+    pseudo = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    mask = torch.tensor([[True, True], [True, False], [True, True], [False, True]])
+    hidden = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    module._accumulate_pl_stats(SimpleNamespace(pseudo=pseudo, mask=mask), hidden)
+    candidates, accepted, correct, negatives, positives, missed = module.pl_stats
+    assert candidates.tolist() == [4, 4]
+    assert accepted.tolist() == [2, 1] and correct.tolist() == [1, 1]  # a: images 0 (right), 2 (wrong); b: image 3
+    assert negatives.tolist() == [1, 2]  # a: image 1; b: images 0 and 2
+    assert positives.tolist() == [2, 2] and missed.tolist() == [1, 1]  # a: image 1 pushed to 0; b: image 0

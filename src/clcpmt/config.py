@@ -68,7 +68,7 @@ class MethodConfig:
     sde_temperature: float = 0.1
     tau: float = 0.95
     tau_min: float = 0.5
-    tau_negative: float = 0.95  # multi-label: a finding is a negative pseudo-label when p <= 1 - tau_negative
+    tau_negative: float = 0.95  # multi-label: negative pseudo-label when p <= 1 - tau_negative (1: none)
     status: str = "confidence"  # confidence | count
     momentum: float = 0.999
     warmup_epochs: float = 5.0

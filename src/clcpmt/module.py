@@ -81,8 +81,9 @@ class SSLModule(L.LightningModule):
         ema_update(self.teacher, self.student, self.hparams.ema_decay, self.global_step - 1)
 
     def _reset_pl_stats(self) -> None:
-        # per class: candidates (samples predicted c; multi-label: all samples), accepted, accepted and correct
-        self.pl_stats = torch.zeros(3, len(self.classes))
+        # per class: candidates (samples predicted c; multi-label: all samples), accepted, accepted and correct;
+        # multi-label also: negatives accepted, hidden positives, hidden positives given a negative pseudo-label
+        self.pl_stats = torch.zeros(6, len(self.classes))
         self.last_thresholds: torch.Tensor | None = None
 
     def _accumulate_pl_stats(self, out: object, hidden: torch.Tensor) -> None:
@@ -91,24 +92,37 @@ class SSLModule(L.LightningModule):
         if self.task == "single":
             c = len(self.classes)
             correct = mask & (pseudo == hidden)
-            self.pl_stats += torch.stack(
+            self.pl_stats[:3] += torch.stack(
                 [torch.bincount(p, minlength=c) for p in (pseudo, pseudo[mask], pseudo[correct])]
             )
         else:  # positive pseudo-labels per finding
             positive = mask & (pseudo > 0.5)
             self.pl_stats[0] += len(pseudo)
+            negative = mask & (pseudo < 0.5)
             self.pl_stats[1] += positive.sum(0)
             self.pl_stats[2] += (positive & (hidden > 0.5)).sum(0)
+            self.pl_stats[3] += negative.sum(0)
+            self.pl_stats[4] += (hidden > 0.5).sum(0)
+            self.pl_stats[5] += (negative & (hidden > 0.5)).sum(0)
 
     def on_train_epoch_end(self) -> None:
         """Per class: threshold, acceptance rate (single-label: among samples predicted c; multi-label: positive
-        pseudo-labels per unlabeled sample) and precision of the accepted (positive) pseudo-labels."""
+        pseudo-labels per unlabeled sample) and precision of the accepted (positive) pseudo-labels. Multi-label also:
+        negative pseudo-labels per unlabeled sample, and the share of the finding's (hidden) positives that were
+        given a negative one (`neg_missed`: a rare finding the teacher has not learned is pushed to 0 here)."""
         if self.last_thresholds is not None:
-            candidates, accepted, correct = self.pl_stats
+            candidates, accepted, correct, negatives, positives, missed = self.pl_stats
+
+            def ratio(a: torch.Tensor, b: torch.Tensor, empty: float = float("nan")) -> float:
+                return (a / b).item() if b else empty
+
             for i, name in enumerate(self.classes):
                 self.log(f"threshold/{name}", self.last_thresholds[i].item())
-                self.log(f"accept_rate/{name}", (accepted[i] / candidates[i]).item() if candidates[i] else 0.0)
-                self.log(f"pl_precision/{name}", (correct[i] / accepted[i]).item() if accepted[i] else float("nan"))
+                self.log(f"accept_rate/{name}", ratio(accepted[i], candidates[i], 0.0))
+                self.log(f"pl_precision/{name}", ratio(correct[i], accepted[i]))
+                if self.task == "multi":
+                    self.log(f"neg_rate/{name}", ratio(negatives[i], candidates[i], 0.0))
+                    self.log(f"neg_missed/{name}", ratio(missed[i], positives[i]))
         self._reset_pl_stats()
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:

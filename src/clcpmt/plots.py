@@ -1,4 +1,4 @@
-"""Per-run plot of the per-class thresholds, pseudo-label acceptance and precision over training."""
+"""Per-run plot of the per-class thresholds, pseudo-label acceptance and precision (multi-label: and negatives)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def plot_training(run_dir: str | Path) -> Path | None:
     if not logs:
         return None
     df = pd.concat([pd.read_csv(p) for p in logs], ignore_index=True)
-    panels = [p for p in ("threshold", "accept_rate", "pl_precision") if any(c.startswith(p + "/") for c in df)]
+    names = ("threshold", "accept_rate", "pl_precision", "neg_rate", "neg_missed")
+    panels = [p for p in names if any(c.startswith(p + "/") for c in df)]
     if not panels:
         return None
     import matplotlib

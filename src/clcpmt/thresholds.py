@@ -38,12 +38,14 @@ def select_pseudo_labels(
     """Pseudo-labels and the keep-mask.
 
     Single-label: pseudo = argmax p (B,), kept when max p >= T(pseudo). Multi-label: per finding, positive when
-    p >= T(c), negative when p <= negative_threshold; mask (B, C) marks both.
+    p >= T(c), negative when p <= negative_threshold (never when it is 0); mask (B, C) marks both.
     """
     if task == "single":
         conf, pseudo = probs.max(dim=1)
         return pseudo, conf >= thresholds[pseudo]
     positive = probs >= thresholds[None, :]
+    if negative_threshold <= 0:  # tau_negative = 1: positives only (a sigmoid can still round to exactly 0)
+        return positive.float(), positive
     return positive.float(), positive | (probs <= negative_threshold)
 
 
