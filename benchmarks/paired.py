@@ -33,6 +33,9 @@ def main() -> None:
     with open(args.results, newline="") as f:
         rows = list(csv.DictReader(f))
     for metric in args.metric:
+        if rows and metric not in rows[0]:
+            numeric = [k for k in rows[0] if "/" in k]
+            raise SystemExit(f"no column '{metric}' in {args.results}; columns are e.g. {', '.join(numeric[:12])}")
         a, b = by_seed(rows, args.a, metric, args.labeled), by_seed(rows, args.b, metric, args.labeled)
         seeds = sorted(a.keys() & b.keys())
         diff = [a[s] - b[s] for s in seeds]

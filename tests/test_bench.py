@@ -1,3 +1,8 @@
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from clcpmt.bench import bench, final_thresholds, grid_runs, load_grid, markdown, run_name
@@ -111,3 +116,36 @@ def test_wall_time_sums_the_attempts_of_a_resumed_run(tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "run", finishes)
     bench_module.run_one(grid, "supervised", 0.2, 0)
     assert (run_dir / "wall_time.txt").read_text() == "75\n"
+
+
+def _script(name: str):
+    """A benchmarks/ script as a module (benchmarks/ is not a package)."""
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_differences_by_seed(tmp_path, capsys, monkeypatch):
+    paired = _script("paired")
+    path = tmp_path / "results.csv"
+    path.write_text(
+        "method,variant,labeled,seed,standard/auc\na,,0.2,0,90\na,,0.2,1,80\nb,v,0.2,0,88\nb,v,0.2,1,81\nb,v,0.2,2,70\n"
+    )
+    monkeypatch.setattr(sys, "argv", ["paired.py", str(path), "a", "b+v"])
+    paired.main()  # seeds both rows have: 0 and 1; differences +2 and -1
+    assert "seeds [0, 1]: +2.00 / -1.00; mean +0.50" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["paired.py", str(path), "a", "b+v", "--metric", "auc"])
+    with pytest.raises(SystemExit, match="no column 'auc'"):
+        paired.main()
+
+
+def test_pseudo_label_audit_shares_hand_case():
+    audit = _script("pseudo_label_audit")
+    p = np.array([[0.9, 0.01], [0.3, 0.02], [0.04, 0.6], [0.01, 0.03]])
+    pos = np.array([[1, 0], [1, 1], [0, 1], [0, 0]], dtype=bool)
+    s = audit.shares(p, pos, low=0.05)
+    # finding 0: positives 0.9, 0.3 -> 1/2 at >= 0.5, 0/2 at <= 0.05; negatives 0.04, 0.01 -> 2/2 at <= 0.05
+    # finding 1: positives 0.02, 0.6 -> 1/2 and 1/2; negatives 0.01, 0.03 -> 2/2
+    assert np.allclose(s, [[0.5, 0.5], [0.0, 0.5], [1.0, 1.0]])
