@@ -1,6 +1,6 @@
 """Audit a multi-label run's teacher on its UNLABELED training images, per finding, with their hidden labels.
 
-For each finding: the share of its positives with p >= 0.5 (the lowest a CAPR positive threshold can go, tau_min),
+For each finding: the share of its positives with p >= 0.5 (the lowest a CAPR positive threshold goes by default),
 the share of its positives with p <= 1 - tau_negative (given a NEGATIVE pseudo-label: pushed to 0), and the share
 of its negatives with p <= 1 - tau_negative. Teacher of the run's last checkpoint (the end of training); mean over
 the runs given. Only for data whose unlabeled images have known labels (synthetic, benchmarks). `--low 0.05`
@@ -53,12 +53,12 @@ def main() -> None:
     args = ap.parse_args()
     results = [audit(r, args.low) for r in args.runs]
     classes = results[0][0]
-    shares = 100 * np.stack([s for _, s in results])  # (R, 3, C)
+    table = 100 * np.stack([s for _, s in results])  # (R, 3, C)
     print(f"{len(args.runs)} run(s): {', '.join(r.name for r in args.runs)}")
     print("| finding | positives at p ≥ 0.5 | positives at p ≤ 1 − τ⁻ (pushed to 0) | negatives at p ≤ 1 − τ⁻ |")
     print("|---|---|---|---|")
     for c, name in enumerate(classes):
-        cells = [f"{shares[:, k, c].mean():.1f} %" for k in range(3)]
+        cells = [f"{table[:, k, c].mean():.1f} %" for k in range(3)]
         print(f"| {name} | {' | '.join(cells)} |")
 
 

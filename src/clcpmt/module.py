@@ -95,15 +95,10 @@ class SSLModule(L.LightningModule):
             self.pl_stats[:3] += torch.stack(
                 [torch.bincount(p, minlength=c) for p in (pseudo, pseudo[mask], pseudo[correct])]
             )
-        else:  # positive pseudo-labels per finding
-            positive = mask & (pseudo > 0.5)
+        else:  # per finding: positive and negative pseudo-labels
+            positive, negative, truth = mask & (pseudo > 0.5), mask & (pseudo < 0.5), hidden > 0.5
             self.pl_stats[0] += len(pseudo)
-            negative = mask & (pseudo < 0.5)
-            self.pl_stats[1] += positive.sum(0)
-            self.pl_stats[2] += (positive & (hidden > 0.5)).sum(0)
-            self.pl_stats[3] += negative.sum(0)
-            self.pl_stats[4] += (hidden > 0.5).sum(0)
-            self.pl_stats[5] += (negative & (hidden > 0.5)).sum(0)
+            self.pl_stats[1:] += torch.stack([positive, positive & truth, negative, truth, negative & truth]).sum(1)
 
     def on_train_epoch_end(self) -> None:
         """Per class: threshold, acceptance rate (single-label: among samples predicted c; multi-label: positive
