@@ -43,6 +43,10 @@ def test_bad_type_and_bad_value_name_the_key():
         parse_overrides(["epochs=3"])
     with pytest.raises(ConfigError, match=r"method\.student_view must be one of"):
         load_config(None, ["--method.student_view=weakest"])
+    with pytest.raises(ConfigError, match=r"method\.class_balance must be one of .*got 'logit_adjusted'.*logit_adjust"):
+        load_config(None, ["--method.class_balance=logit_adjusted"])
+    with pytest.raises(ConfigError, match=r"method\.balance_strength must be >= 0; got -1"):
+        load_config(None, ["--method.balance_strength=-1"])
 
 
 def test_saved_config_reads_back_identically(tmp_path):

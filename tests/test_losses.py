@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from clcpmt.losses import (
+    class_prior,
     consistency_loss,
     ema_update,
     fairness_loss,
@@ -32,6 +33,60 @@ def test_supervised_loss_hand_value():
         -math.log(sig(0)),
     ]
     assert supervised_loss(logits, targets, "multi").item() == pytest.approx(sum(bce) / 6, rel=1e-6)
+
+
+def test_class_prior_counts_and_keeps_every_class_between_one_and_n_minus_one_images():
+    assert torch.allclose(class_prior(torch.tensor([0, 0, 0, 1]), 3), torch.tensor([0.75, 0.25, 0.25]))
+    multi = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 1.0]])  # finding 0 in every image
+    assert torch.allclose(class_prior(multi, 2, "multi"), torch.tensor([0.75, 0.25]))
+
+
+def test_logit_adjustment_hand_values():
+    prior = torch.tensor([0.75, 0.25])
+    zero = torch.zeros(1, 2)
+    # softmax(0 + log pi) = pi: the loss of class 1 is -log 0.25
+    assert supervised_loss(zero, torch.tensor([1]), "single", prior, "logit_adjust").item() == pytest.approx(
+        math.log(4), rel=1e-6
+    )
+    # strength 0.5: softmax(0.5 log pi) is proportional to sqrt(pi)
+    p1 = math.sqrt(0.25) / (math.sqrt(0.75) + math.sqrt(0.25))
+    half = supervised_loss(zero, torch.tensor([1]), "single", prior, "logit_adjust", 0.5).item()
+    assert half == pytest.approx(-math.log(p1), rel=1e-6)
+    # multi-label, per finding: sigmoid(0 + log(0.2 / 0.8)) = 0.2
+    multi = supervised_loss(zero, torch.tensor([[1.0, 0.0]]), "multi", torch.tensor([0.2, 0.2]), "logit_adjust")
+    assert multi.item() == pytest.approx((-math.log(0.2) - math.log(0.8)) / 2, rel=1e-6)
+
+
+def test_class_weight_hand_values():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    # weights 1/pi = (1.25, 5); CE's weighted mean divides by the weights of the batch's targets
+    ce0, ce1 = -math.log(math.e**2 / (math.e**2 + 1)), math.log(2)
+    got = supervised_loss(logits, torch.tensor([0, 1]), "single", torch.tensor([0.8, 0.2]), "weights").item()
+    assert got == pytest.approx((1.25 * ce0 + 5 * ce1) / 6.25, rel=1e-6)
+    # multi: positives of finding c weighted by (1 - pi_c) / pi_c = (4, 1); negatives by 1
+    got = supervised_loss(torch.zeros(1, 2), torch.tensor([[1.0, 1.0]]), "multi", torch.tensor([0.2, 0.5]), "weights")
+    assert got.item() == pytest.approx((4 * math.log(2) + math.log(2)) / 2, rel=1e-6)
+    sqrt = supervised_loss(torch.zeros(1, 1), torch.tensor([[1.0]]), "multi", torch.tensor([0.2]), "weights", 0.5)
+    assert sqrt.item() == pytest.approx(2 * math.log(2), rel=1e-6)
+
+
+@pytest.mark.parametrize("balance", ["weights", "logit_adjust"])
+def test_class_balance_with_a_uniform_prior_is_the_plain_loss(balance):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 3, generator=g)
+    y = torch.tensor([0, 1, 2, 2, 1, 0])
+    plain = supervised_loss(logits, y)
+    assert supervised_loss(logits, y, "single", torch.full((3,), 1 / 3), balance).item() == pytest.approx(plain.item())
+    ym = (torch.rand(6, 3, generator=g) > 0.5).float()
+    plain = supervised_loss(logits, ym, "multi")
+    assert supervised_loss(logits, ym, "multi", torch.full((3,), 0.5), balance).item() == pytest.approx(plain.item())
+
+
+def test_class_balance_errors():
+    with pytest.raises(ValueError, match="unknown balance 'focal'"):
+        supervised_loss(torch.zeros(1, 2), torch.tensor([0]), balance="focal", prior=torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="needs the labeled prior"):
+        supervised_loss(torch.zeros(1, 2), torch.tensor([0]), balance="weights")
 
 
 def test_consistency_loss_hand_value():

@@ -154,6 +154,19 @@ def test_method_state_round_trips_through_state_dict():
     assert torch.equal(fresh.rule.status.sigma, method.rule.status.sigma)
 
 
+@pytest.mark.parametrize("task", ["single", "multi"])
+@pytest.mark.parametrize("balance", ["weights", "logit_adjust"])
+def test_class_balance_changes_the_student_gradient_and_its_prior_is_saved(balance, task):
+    prior = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    plain = student_grads("mean_teacher", task=task)
+    assert differs(student_grads("mean_teacher", task=task, class_balance=balance, prior=prior), plain)
+    method = build_method("mean_teacher", C, task=task, class_balance=balance, prior=prior)
+    fresh = build_method("mean_teacher", C, task=task, class_balance=balance)  # as when loading a checkpoint
+    fresh.load_state_dict(method.state_dict())
+    assert torch.equal(fresh.prior, prior)
+    assert "prior" not in build_method("mean_teacher", C).state_dict()  # older checkpoints still load
+
+
 def test_build_method_rejects_unknown_name_with_close_match():
     with pytest.raises(ValueError, match="unknown method 'clcpmt'.*did you mean 'clcp_mt'"):
         build_method("clcpmt", C)

@@ -11,7 +11,8 @@ from clcpmt.cli import main
 from clcpmt.config import ISIC_CLASSES, load_config
 from clcpmt.data.readers import read_labels
 from clcpmt.data.splits import write_split_csv
-from clcpmt.runner import build_system, student_sees_strong, train
+from clcpmt.losses import class_prior
+from clcpmt.runner import build_system, load_system, student_sees_strong, train
 
 
 def tiny(tmp_path, name="run", method="clcp_mt", **extra) -> list[str]:
@@ -168,3 +169,14 @@ def test_multilabel_pseudo_label_stats_count_positives_negatives_and_missed():
     assert accepted.tolist() == [2, 1] and correct.tolist() == [1, 1]  # a: images 0 (right), 2 (wrong); b: image 3
     assert negatives.tolist() == [1, 2]  # a: image 1; b: images 0 and 2
     assert positives.tolist() == [2, 2] and missed.tolist() == [1, 1]  # a: image 1 pushed to 0; b: image 0
+
+
+def test_class_balance_uses_the_labeled_prior_and_it_travels_in_the_checkpoint(tmp_path):
+    extra = {"data.dataset": "synthetic_multilabel", "train.epochs": 1, "method.class_balance": "logit_adjust"}
+    cfg = load_config(None, tiny(tmp_path, **extra, **{"train.steps_per_epoch": 2}))
+    run_dir = train(cfg)
+    findings = ("blob", "band", "ring", "spot", "stripes")
+    labeled = read_labels(run_dir / "splits" / "labeled.csv", findings, "multi")
+    expected = class_prior(torch.as_tensor(labeled.targets), len(findings), "multi")
+    module, _ = load_system(run_dir / "checkpoints" / "best.ckpt")
+    assert torch.allclose(module.method.prior, expected)

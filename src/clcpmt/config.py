@@ -73,6 +73,8 @@ class MethodConfig:
     momentum: float = 0.999
     warmup_epochs: float = 5.0
     mt_on_labeled: bool = True
+    class_balance: str = "none"  # L_sup only: none | weights | logit_adjust, from the labeled prior (SPEC §3.1)
+    balance_strength: float = 1.0  # exponent of the weights / multiplier of the log-prior (0.5: square root)
     student_view: str = "default"  # teacher-based methods: default (strong; weak for mean_teacher, mt_sde) | strong |
     # weak; the FixMatch family always trains on the strong view
 
@@ -108,6 +110,7 @@ CHOICES = {
     "data.dataset": ("synthetic", "synthetic_multilabel", "folder", "chestxray14", "medmnist"),
     "method.status": ("confidence", "count"),
     "method.student_view": ("default", "strong", "weak"),
+    "method.class_balance": ("none", "weights", "logit_adjust"),
     "train.schedule": ("exponential", "cosine"),
     "train.optimizer": ("adam", "adamw"),
     "train.precision": ("32-true", "bf16-mixed", "16-mixed"),
@@ -244,6 +247,8 @@ def _validate_method(m: MethodConfig) -> None:
         raise ConfigError(f"method.tau_min must be a float in [0, method.tau={m.tau}] and tau <= 1; got {m.tau_min}")
     if not 0.5 <= m.tau_negative <= 1.0:  # a negative pseudo-label needs p <= 1 - tau_negative, at most 0.5
         raise ConfigError(f"method.tau_negative must be in [0.5, 1] (negative when p <= 1 - it); got {m.tau_negative}")
+    if m.balance_strength < 0:
+        raise ConfigError(f"method.balance_strength must be >= 0; got {m.balance_strength}")
     if not 0.0 <= m.ema_decay < 1.0 or not 0.0 <= m.momentum < 1.0:
         raise ConfigError("method.ema_decay and method.momentum must be in [0, 1)")
 

@@ -18,11 +18,45 @@ def probabilities(logits: torch.Tensor, task: str = "single") -> torch.Tensor:
     return logits.softmax(dim=1) if task == "single" else logits.sigmoid()
 
 
-def supervised_loss(logits: torch.Tensor, targets: torch.Tensor, task: str = "single") -> torch.Tensor:
-    """L_sup (SPEC §3.1): CE on class indices (B,) or BCE on 0/1 targets (B, C); logits: (B, C)."""
+def class_prior(targets: torch.Tensor, num_classes: int, task: str = "single") -> torch.Tensor:
+    """Labeled-set prior pi (C,): share of each class (single) or of positives per finding (multi).
+
+    Counts are kept between 1 and N - 1 images so that log pi and log(1 - pi) stay finite for a class with no
+    (or only) labeled examples. targets: (N,) class indices or (N, C) 0/1.
+    """
+    n = targets.shape[0]
+    counts = torch.bincount(targets, minlength=num_classes) if task == "single" else targets.float().sum(0)
+    return counts.float().clamp(1, max(n - 1, 1)) / n
+
+
+def supervised_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    task: str = "single",
+    prior: torch.Tensor | None = None,
+    balance: str = "none",
+    strength: float = 1.0,
+) -> torch.Tensor:
+    """L_sup (SPEC §3.1): CE on class indices (B,) or BCE on 0/1 targets (B, C); logits: (B, C).
+
+    SPEC's optional class balancing, from the labeled prior pi (C,) (`class_prior`), with strength s:
+    - "weights": class c weighted by pi_c^-s (single; a weighted mean) or each finding's positives by
+      ((1 - pi_c) / pi_c)^s (multi: BCE's pos_weight; s = 1 weighs a finding's positives as much as its negatives);
+    - "logit_adjust" (Menon et al. 2021): the loss sees logits + s·log pi (single) or + s·log(pi / (1 - pi)) (multi,
+      per finding); predictions use the raw logits, which then estimate class-balanced probabilities.
+    """
+    logits = logits.float()
+    if balance not in ("none", "weights", "logit_adjust"):
+        raise ValueError(f"unknown balance '{balance}'; expected none, weights or logit_adjust")
+    if balance != "none" and prior is None:
+        raise ValueError(f"balance '{balance}' needs the labeled prior")
+    odds = None if prior is None else (prior if task == "single" else prior / (1 - prior)).float()
+    if balance == "logit_adjust":
+        logits = logits + strength * odds.log()
+    weight = odds.pow(-strength) if balance == "weights" else None
     if task == "single":
-        return F.cross_entropy(logits.float(), targets)
-    return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+        return F.cross_entropy(logits, targets, weight=weight)
+    return F.binary_cross_entropy_with_logits(logits, targets.float(), pos_weight=weight)
 
 
 def consistency_loss(p_student: torch.Tensor, p_teacher: torch.Tensor) -> torch.Tensor:

@@ -138,12 +138,18 @@ class SSLMethod(nn.Module):
         mt_on_labeled: bool = True,
         tau_negative: float = 0.95,
         lambda_fair: float = 0.01,
+        class_balance: str = "none",
+        balance_strength: float = 1.0,
+        prior: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.recipe, self.task, self.negative_threshold = recipe, task, 1.0 - tau_negative
         self.lambda_fair = lambda_fair
         self.lambda_mt, self.lambda_sde, self.lambda_pl = lambda_mt, lambda_sde, lambda_pl
         self.rampup_epochs, self.sde_temperature, self.mt_on_labeled = rampup_epochs, sde_temperature, mt_on_labeled
+        self.class_balance, self.balance_strength = class_balance, balance_strength
+        if class_balance != "none":  # the labeled prior travels in the checkpoint (a placeholder until loaded)
+            self.register_buffer("prior", torch.full((num_classes,), 0.5) if prior is None else prior.float())
         self.rule = None
         if recipe.threshold:
             self.rule = build_rule(
@@ -157,7 +163,8 @@ class SSLMethod(nn.Module):
         views = [b.x1, b.x2] + ([b.u_student] if r.unlabeled else []) + ([b.u_weak] if own_weak else [])
         logits, z = student(torch.cat(views))
         y2 = torch.cat([b.y, b.y])
-        loss = supervised_loss(logits[: 2 * n_l], y2, task)
+        prior = getattr(self, "prior", None)
+        loss = supervised_loss(logits[: 2 * n_l], y2, task, prior, self.class_balance, self.balance_strength)
         logs = {"loss/sup": loss.detach()}
         out = StepOutput(loss, logs)
         if not r.unlabeled and not r.contrastive:
@@ -195,7 +202,7 @@ class SSLMethod(nn.Module):
 
 
 def build_method(
-    name: str, num_classes: int, num_unlabeled: int = 0, task: str = "single", **hparams: float
+    name: str, num_classes: int, num_unlabeled: int = 0, task: str = "single", **hparams: float | str | torch.Tensor
 ) -> SSLMethod:
     """The method called `name` (a key of METHODS) with its hyper-parameters (MethodConfig fields)."""
     if name not in METHODS:

@@ -19,7 +19,7 @@ from .config import Config, config_from_dict, save_config, to_dict
 from .data.datamodule import EvalImages, SSLDataModule
 from .data.readers import IMAGE_EXTENSIONS, DataError, cached_images, read_labels, resolve_images
 from .data.sources import PreparedData, prepare_data
-from .losses import probabilities
+from .losses import class_prior, probabilities
 from .methods import METHODS, build_method
 from .metrics import f1_thresholds, format_report, multilabel_metrics, srcmt_metrics, standard_metrics
 from .model import create_student
@@ -30,9 +30,15 @@ log = logging.getLogger("clcpmt")
 
 
 def build_system(
-    cfg: Config, classes: tuple[str, ...], num_unlabeled: int, steps_per_epoch: int, task: str = "single"
+    cfg: Config,
+    classes: tuple[str, ...],
+    num_unlabeled: int,
+    steps_per_epoch: int,
+    task: str = "single",
+    prior: torch.Tensor | None = None,
 ) -> SSLModule:
-    """Student (timm backbone) + method + Lightning system, as cfg says."""
+    """Student (timm backbone) + method + Lightning system, as cfg says. prior: (C,) labeled prior (class_prior)
+    for method.class_balance; None when a checkpoint will supply it."""
     student, source = create_student(
         cfg.model.backbone, len(classes), cfg.model.pretrained, cfg.model.proj_dim, cfg.model.drop_rate
     )
@@ -55,6 +61,9 @@ def build_system(
         mt_on_labeled=m.mt_on_labeled,
         tau_negative=m.tau_negative,
         lambda_fair=m.lambda_fair,
+        class_balance=m.class_balance,
+        balance_strength=m.balance_strength,
+        prior=prior,
     )
     t = cfg.train
     module = SSLModule(
@@ -121,7 +130,8 @@ def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (
         cfg.train.seed,
         cfg.data.labeled_balance,
     )
-    module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), dm.steps_per_epoch, data.task)
+    prior = class_prior(torch.as_tensor(data.targets[data.parts["labeled"]]), len(data.classes), data.task)
+    module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), dm.steps_per_epoch, data.task, prior)
     log.info(
         "run %s: method %s, backbone %s (%s); %d labeled, %d unlabeled, %d validation, %d testing images",
         run_dir,
