@@ -20,6 +20,7 @@ from clcpmt.data.chestxray import (
 )
 from clcpmt.data.readers import DataError
 from clcpmt.data.sources import prepare_data
+from clcpmt.data.synthetic import make_synthetic_multilabel
 from clcpmt.thresholds import CAPRThreshold
 
 HEADER = [
@@ -130,6 +131,17 @@ def test_synthetic_multilabel_splits_keep_each_findings_share():
         np.testing.assert_allclose(data.targets[data.parts[part]].sum(0), total * share, atol=1)
     labeled = data.targets[data.parts["labeled"]].sum(0)
     np.testing.assert_allclose(labeled, total * 0.7 * 0.2, atol=1)  # "spot" (6 %): 24 labeled, not 48
+
+
+def test_synthetic_multilabel_contrast_scales_the_findings_only():
+    plain, y = make_synthetic_multilabel(300, 16, seed=1, contrast=0.0)  # same draws, no finding drawn
+    full, y1 = make_synthetic_multilabel(300, 16, seed=1)
+    half, y2 = make_synthetic_multilabel(300, 16, seed=1, contrast=0.5)
+    assert np.array_equal(y, y1) and np.array_equal(y, y2)
+    none = y.sum(1) == 0
+    assert np.array_equal(full[none], plain[none]) and np.array_equal(half[none], plain[none])
+    dev = lambda imgs: np.abs(imgs[~none].astype(float) - plain[~none]).mean()  # noqa: E731
+    assert 1.8 < dev(full) / dev(half) < 2.2  # 2 up to clipping and rounding to uint8
 
 
 def test_nih_layout_patient_split_and_split_files_round_trip(tmp_path):

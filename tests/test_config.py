@@ -47,6 +47,8 @@ def test_bad_type_and_bad_value_name_the_key():
         load_config(None, ["--method.class_balance=logit_adjusted"])
     with pytest.raises(ConfigError, match=r"method\.balance_strength must be >= 0; got -1"):
         load_config(None, ["--method.balance_strength=-1"])
+    with pytest.raises(ConfigError, match=r"data\.synthetic_contrast must be > 0; got 0"):
+        load_config(None, ["--data.synthetic_contrast=0"])
 
 
 def test_saved_config_reads_back_identically(tmp_path):

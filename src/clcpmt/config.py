@@ -45,6 +45,7 @@ class DataConfig:
     # more often so SDE's batch has their positives; SPEC §3's option)
     num_workers: int = 2
     synthetic_size: int = 2000  # images of the synthetic dataset
+    synthetic_contrast: float = 1.0  # synthetic_multilabel: strength of every finding (< 1: subtler, harder)
     seed: int = 0  # seed of the split and of the labeled draw
 
 
@@ -238,6 +239,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.dataset=medmnist needs data.labels, the path of the MedMNIST .npz file")
     if not 0.0 <= d.labeled_balance <= 1.0:
         raise ConfigError(f"data.labeled_balance must be in [0, 1] (0 uniform, 1 balanced); got {d.labeled_balance}")
+    if d.synthetic_contrast <= 0:
+        raise ConfigError(f"data.synthetic_contrast must be > 0; got {d.synthetic_contrast}")
     if cfg.data.image_size < 8 or cfg.train.epochs < 1:
         raise ConfigError("data.image_size must be >= 8 and train.epochs >= 1")
 

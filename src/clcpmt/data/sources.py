@@ -186,8 +186,10 @@ def _medmnist(cfg: DataConfig) -> PreparedData:
 
 def _synthetic(cfg: DataConfig) -> PreparedData:
     multi = cfg.dataset == "synthetic_multilabel"
-    make = make_synthetic_multilabel if multi else make_synthetic
-    images, targets = make(cfg.synthetic_size, cfg.image_size, seed=2018)
+    if multi:
+        images, targets = make_synthetic_multilabel(cfg.synthetic_size, cfg.image_size, 2018, cfg.synthetic_contrast)
+    else:
+        images, targets = make_synthetic(cfg.synthetic_size, cfg.image_size, seed=2018)
     names = [f"synthetic_{i:05d}" for i in range(len(targets))]
     if multi:
         train, rest = draw_labeled_multilabel(targets, 0.7, seed=cfg.seed)

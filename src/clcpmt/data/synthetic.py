@@ -96,9 +96,11 @@ FINDINGS = ("blob", "band", "ring", "spot", "stripes")
 FINDING_PREVALENCE = np.array([0.30, 0.22, 0.15, 0.06, 0.03])  # the last two are rare
 
 
-def _draw_finding(img: np.ndarray, k: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> None:
+def _draw_finding(
+    img: np.ndarray, k: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, contrast: float = 1.0
+) -> None:
     """Add finding k to a (H, W) grayscale image in place; each finding has its own shape and place."""
-    strength = rng.uniform(0.15, 0.3)
+    strength = contrast * rng.uniform(0.15, 0.3)
     if k == 0:  # bright blob in the upper left
         cy, cx = rng.uniform(-0.3, -0.1, 2)
         img += strength * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.01)
@@ -114,8 +116,12 @@ def _draw_finding(img: np.ndarray, k: int, rng: np.random.Generator, yy: np.ndar
         img += 0.5 * strength * np.sin(2 * np.pi * 6 * (xx + yy) + rng.uniform(0, 6.3))
 
 
-def make_synthetic_multilabel(n: int = 2000, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_synthetic_multilabel(
+    n: int = 2000, size: int = 32, seed: int = 0, contrast: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """SYNTHETIC grayscale "X-rays" with 5 findings of different prevalence (some images have none).
+
+    contrast scales every finding's strength against the same noise: below 1 the findings are subtler (harder).
 
     Returns:
         images: (N, size, size, 3) uint8 (gray repeated); labels: (N, 5) float32 0/1.
@@ -128,6 +134,6 @@ def make_synthetic_multilabel(n: int = 2000, size: int = 32, seed: int = 0) -> t
     for i in range(n):
         img = 0.45 - 0.4 * (xx**2 + yy**2) + rng.normal(0, 0.06, (size, size))  # a vignetted noisy field
         for k in np.flatnonzero(labels[i]):
-            _draw_finding(img, int(k), rng, yy, xx)
+            _draw_finding(img, int(k), rng, yy, xx, contrast)
         images[i] = (np.clip(img, 0, 1) * 255).astype(np.uint8)[..., None]
     return images, labels
