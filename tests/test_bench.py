@@ -43,11 +43,16 @@ def test_markdown_mean_and_std():
     assert table.splitlines()[0] == "| method | labeled | n | AUC |"  # columns no run has are left out
 
 
-def test_final_thresholds_are_the_last_logged_epochs(tmp_path):
-    log = tmp_path / "metrics.csv"  # Lightning's CSV: training-step rows without thresholds between epoch rows
+def test_final_thresholds_are_the_last_logged_epochs_also_of_a_resumed_run(tmp_path):
+    log = tmp_path / "logs" / "metrics.csv"  # Lightning's CSV: training-step rows without thresholds between epochs
+    log.parent.mkdir()
     log.write_text("epoch,threshold/a,threshold/b,val/auc\n0,0.9,0.8,\n0,,,70\n1,0.7,0.6,\n1,,,75\n")
-    assert final_thresholds(log) == {"final_threshold/a": 0.7, "final_threshold/b": 0.6}
-    assert final_thresholds(tmp_path / "absent.csv") == {}
+    assert final_thresholds(tmp_path) == {"final_threshold/a": 0.7, "final_threshold/b": 0.6}
+    for n, value in ((2, 0.5), (10, 0.4)):  # resumed twice more: logs/resume_N/, in numeric order
+        (tmp_path / "logs" / f"resume_{n}").mkdir()
+        (tmp_path / "logs" / f"resume_{n}" / "metrics.csv").write_text(f"epoch,threshold/a\n{n},{value}\n")
+    assert final_thresholds(tmp_path) == {"final_threshold/a": 0.4}
+    assert final_thresholds(tmp_path / "absent") == {}
 
 
 def test_tiny_grid_runs_once_and_skips_finished_runs(tmp_path):

@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 
 from .config import ConfigError, build_dataclass
+from .plots import run_logs
 
 
 @dataclass(frozen=True)
@@ -135,19 +136,20 @@ def collect(grid: Grid) -> list[dict]:
         row |= {f"val_{k}": v for k, v in metrics["validation/teacher"].items() if k.startswith("standard/")}
         if (run_dir / "official_test.json").is_file():
             row["official/bacc"] = json.loads((run_dir / "official_test.json").read_text())["standard/bacc"]
-        row |= final_thresholds(run_dir / "logs" / "metrics.csv")
+        row |= final_thresholds(run_dir)
         wall = run_dir / "wall_time.txt"
         row["wall_s"] = float(wall.read_text()) if wall.is_file() else float("nan")
         rows.append(row)
     return rows
 
 
-def final_thresholds(log: Path) -> dict[str, float]:
-    """The per-class thresholds of the last logged epoch (pseudo-labelling methods), keyed `final_threshold/<class>`."""
-    if not log.is_file():
-        return {}
-    with open(log, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if any(k.startswith("threshold/") and v for k, v in r.items())]
+def final_thresholds(run_dir: Path) -> dict[str, float]:
+    """The per-class thresholds of the run's last logged epoch (pseudo-labelling methods; a resumed run's last log),
+    keyed `final_threshold/<class>`."""
+    rows = []
+    for log in run_logs(run_dir):
+        with open(log, newline="") as f:
+            rows += [r for r in csv.DictReader(f) if any(k.startswith("threshold/") and v for k, v in r.items())]
     if not rows:
         return {}
     return {f"final_{k}": float(v) for k, v in rows[-1].items() if k.startswith("threshold/") and v}

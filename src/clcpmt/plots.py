@@ -7,11 +7,18 @@ from pathlib import Path
 import pandas as pd
 
 
+def run_logs(run_dir: str | Path) -> list[Path]:
+    """A run's metrics.csv files in training order: logs/, then logs/resume_1/, resume_2/, ... (a resumed run
+    continues in logs/resume_N/; numeric order, so resume_10 comes after resume_9)."""
+    logs = Path(run_dir) / "logs"
+    resumed = sorted(logs.glob("resume_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    return [p for p in [logs / "metrics.csv", *resumed] if p.is_file()]
+
+
 def plot_training(run_dir: str | Path) -> Path | None:
-    """Write run_dir/thresholds.png from logs/metrics.csv; None when the method has no pseudo-label rule."""
+    """Write run_dir/thresholds.png from the run's metrics.csv files; None when the method has no pseudo-label rule."""
     run_dir = Path(run_dir)
-    logs = [run_dir / "logs" / "metrics.csv", *sorted((run_dir / "logs").glob("resume_*/metrics.csv"))]
-    logs = [p for p in logs if p.is_file()]  # a resumed run continues in logs/resume_N/
+    logs = run_logs(run_dir)
     if not logs:
         return None
     df = pd.concat([pd.read_csv(p) for p in logs], ignore_index=True)
