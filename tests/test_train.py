@@ -11,6 +11,7 @@ from clcpmt.cli import main
 from clcpmt.config import ISIC_CLASSES, load_config
 from clcpmt.data.readers import read_labels
 from clcpmt.data.splits import write_split_csv
+from clcpmt.data.synthetic import FINDINGS
 from clcpmt.losses import class_prior
 from clcpmt.runner import build_system, load_system, student_sees_strong, train
 
@@ -175,8 +176,7 @@ def test_class_balance_uses_the_labeled_prior_and_it_travels_in_the_checkpoint(t
     extra = {"data.dataset": "synthetic_multilabel", "train.epochs": 1, "method.class_balance": "logit_adjust"}
     cfg = load_config(None, tiny(tmp_path, **extra, **{"train.steps_per_epoch": 2}))
     run_dir = train(cfg)
-    findings = ("blob", "band", "ring", "spot", "stripes")
-    labeled = read_labels(run_dir / "splits" / "labeled.csv", findings, "multi")
-    expected = class_prior(torch.as_tensor(labeled.targets), len(findings), "multi")
+    labeled = read_labels(run_dir / "splits" / "labeled.csv", FINDINGS, "multi")
+    expected = class_prior(torch.as_tensor(labeled.targets), len(FINDINGS), "multi")
     module, _ = load_system(run_dir / "checkpoints" / "best.ckpt")
     assert torch.allclose(module.method.prior, expected)

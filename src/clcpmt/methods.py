@@ -148,8 +148,11 @@ class SSLMethod(nn.Module):
         self.lambda_mt, self.lambda_sde, self.lambda_pl = lambda_mt, lambda_sde, lambda_pl
         self.rampup_epochs, self.sde_temperature, self.mt_on_labeled = rampup_epochs, sde_temperature, mt_on_labeled
         self.class_balance, self.balance_strength = class_balance, balance_strength
-        if class_balance != "none":  # the labeled prior travels in the checkpoint (a placeholder until loaded)
-            self.register_buffer("prior", torch.full((num_classes,), 0.5) if prior is None else prior.float())
+        if class_balance == "none":
+            prior = None  # a None buffer stays out of the state dict: checkpoints without balancing load as before
+        elif prior is None:
+            prior = torch.full((num_classes,), 0.5)  # a placeholder until a checkpoint's labeled prior is loaded
+        self.register_buffer("prior", None if prior is None else prior.float())
         self.rule = None
         if recipe.threshold:
             self.rule = build_rule(
@@ -163,8 +166,7 @@ class SSLMethod(nn.Module):
         views = [b.x1, b.x2] + ([b.u_student] if r.unlabeled else []) + ([b.u_weak] if own_weak else [])
         logits, z = student(torch.cat(views))
         y2 = torch.cat([b.y, b.y])
-        prior = getattr(self, "prior", None)
-        loss = supervised_loss(logits[: 2 * n_l], y2, task, prior, self.class_balance, self.balance_strength)
+        loss = supervised_loss(logits[: 2 * n_l], y2, task, self.prior, self.class_balance, self.balance_strength)
         logs = {"loss/sup": loss.detach()}
         out = StepOutput(loss, logs)
         if not r.unlabeled and not r.contrastive:

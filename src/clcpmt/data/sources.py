@@ -188,18 +188,16 @@ def _synthetic(cfg: DataConfig) -> PreparedData:
     multi = cfg.dataset == "synthetic_multilabel"
     if multi:
         images, targets = make_synthetic_multilabel(cfg.synthetic_size, cfg.image_size, 2018, cfg.synthetic_contrast)
-    else:
-        images, targets = make_synthetic(cfg.synthetic_size, cfg.image_size, seed=2018)
-    names = [f"synthetic_{i:05d}" for i in range(len(targets))]
-    if multi:
         train, rest = draw_labeled_multilabel(targets, 0.7, seed=cfg.seed)
         val_pos, test_pos = draw_labeled_multilabel(targets[rest], 1 / 3, seed=cfg.seed + 1)
         val, test = rest[val_pos], rest[test_pos]
         lab, unl = draw_labeled_multilabel(targets[train], cfg.labeled, seed=cfg.seed)
     else:
+        images, targets = make_synthetic(cfg.synthetic_size, cfg.image_size, seed=2018)
         train, val, test = split_train_val_test(targets, seed=cfg.seed)
         lab, unl = draw_labeled(targets[train], cfg.labeled, seed=cfg.seed)
     parts = dict(zip(PARTS, (train[lab], train[unl], val, test), strict=True))
+    names = [f"synthetic_{i:05d}" for i in range(len(targets))]
     return PreparedData(default_classes(cfg), names, images, targets, parts, "multi" if multi else "single")
 
 
