@@ -47,6 +47,8 @@ def test_bad_type_and_bad_value_name_the_key():
         load_config(None, ["--method.class_balance=logit_adjusted"])
     with pytest.raises(ConfigError, match=r"method\.balance_strength must be >= 0; got -1"):
         load_config(None, ["--method.balance_strength=-1"])
+    with pytest.raises(ConfigError, match=r"method\.sde_bank must be >= 0 \(0: no memory bank\); got -5"):
+        load_config(None, ["--method.sde_bank=-5"])
     with pytest.raises(ConfigError, match=r"data\.synthetic_contrast must be > 0; got 0"):
         load_config(None, ["--data.synthetic_contrast=0"])
 

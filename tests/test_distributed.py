@@ -1,5 +1,5 @@
-"""Threshold statistics under distributed training: two CPU processes (gloo) must agree with each other and with
-one process that sees both batches."""
+"""Threshold statistics and SDE's memory bank under distributed training: two CPU processes (gloo) must agree with
+each other and with one process that sees both batches."""
 
 import os
 import socket
@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from clcpmt.losses import SDEBank
 from clcpmt.thresholds import CAPRThreshold, FreeMatchThreshold
 
 
@@ -33,6 +34,9 @@ def _worker(rank: int, port: int, out: dict) -> None:
     for name, rule in _rules().items():
         rule.update(probs[rank], index[rank])
         out[(rank, name)] = rule.thresholds(1.0).clone()
+    bank = SDEBank(size=24, dim=4, num_classes=4)
+    bank.push(probs[rank], index[rank])  # any (B, D) rows and (B,) labels
+    out[(rank, "bank")] = (bank.z.clone(), bank.labels.clone())
     dist.destroy_process_group()
 
 
@@ -48,6 +52,10 @@ def test_threshold_state_agrees_across_two_processes():
         single = rule.thresholds(1.0)
         assert torch.allclose(out[(0, name)], out[(1, name)]), name
         assert torch.allclose(out[(0, name)], single, atol=1e-6), name
+    bank = SDEBank(size=24, dim=4, num_classes=4)
+    bank.push(probs.reshape(32, 4), index.reshape(32))  # rank 0's rows, then rank 1's; the last 24 kept
+    for rank in (0, 1):
+        assert torch.equal(out[(rank, "bank")][0], bank.z) and torch.equal(out[(rank, "bank")][1], bank.labels)
 
 
 def test_a_whole_run_on_two_cpu_processes(tmp_path):

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from clcpmt.losses import (
+    SDEBank,
     class_prior,
     consistency_loss,
     ema_update,
@@ -171,6 +172,63 @@ def test_supcon_multilabel_jaccard_weights_and_no_finding():
         for i in range(3)
     ]
     assert supcon_loss(z, labels, tau, task="multi").item() == pytest.approx(sum(anchors) / 3, rel=1e-5)
+
+
+def test_supcon_with_bank_matches_pytorch_metric_learning_cross_batch_memory():
+    pml = pytest.importorskip("pytorch_metric_learning.losses")
+    torch.manual_seed(3)
+    bank_z, bank_y = F.normalize(torch.randn(20, 16), dim=1), torch.randint(0, 5, (20,))
+    z, labels = F.normalize(torch.randn(12, 16), dim=1), torch.randint(0, 5, (12,))
+    # their memory: the 20 earlier rows, then this batch (enqueued, self-comparisons removed): keys = batch + bank
+    xbm = pml.CrossBatchMemory(pml.SupConLoss(temperature=0.1), embedding_size=16, memory_size=32)
+    xbm.embedding_memory[:20], xbm.label_memory[:20], xbm.queue_idx = bank_z, bank_y, 20
+    theirs = xbm(z, labels)
+    ours = supcon_loss(z, labels, 0.1, bank_z=bank_z, bank_labels=bank_y)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-4)
+    assert ours.item() != pytest.approx(supcon_loss(z, labels, 0.1).item(), rel=1e-3)  # the bank matters
+
+
+def test_supcon_multilabel_bank_hand_reference_and_no_gradient_into_the_bank():
+    # batch: {A} and {} (No Finding); bank: {A,B}, {}, {B}. Anchor 0's positive is only in the bank (Jaccard 1/2).
+    labels = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    bank_y = torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 1.0]])
+    torch.manual_seed(4)
+    z = F.normalize(torch.randn(2, 3), dim=1).requires_grad_(True)
+    bank_z = F.normalize(torch.randn(3, 3), dim=1).requires_grad_(True)
+    keys, tau = torch.cat([z, bank_z]).tolist(), 0.1
+
+    def lp(i, k):  # log softmax of key k for anchor i over every key but i itself
+        sim = [sum(a * b for a, b in zip(keys[i], keys[j], strict=True)) / tau for j in range(5)]
+        return sim[k] - math.log(sum(math.exp(sim[j]) for j in range(5) if j != i))
+
+    anchor0 = -lp(0, 2)  # one positive (bank row 0, weight 1/2): the weight cancels in the weighted mean
+    anchor1 = -lp(1, 3)  # No Finding: bank row 1
+    loss = supcon_loss(z, labels, tau, task="multi", bank_z=bank_z, bank_labels=bank_y)
+    assert loss.item() == pytest.approx((anchor0 + anchor1) / 2, rel=1e-5)
+    assert supcon_loss(z, labels, tau, task="multi").item() == 0.0  # without the bank: no anchor has a positive
+    loss.backward()
+    assert z.grad.abs().sum() > 0 and bank_z.grad is None
+
+
+def test_sde_bank_fills_wraps_and_round_trips_its_state():
+    bank = SDEBank(size=5, dim=2, num_classes=3, task="multi")
+    assert bank.contents()[0].shape == (0, 2)
+    z = torch.arange(16.0).reshape(8, 2)
+    y = torch.eye(3)[torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])]
+    bank.push(z[:3], y[:3])
+    kept_z, kept_y = bank.contents()
+    assert torch.equal(kept_z, z[:3]) and torch.equal(kept_y, y[:3])
+    bank.push(z[3:7], y[3:7])  # 7 rows into 5: rows 5, 6 overwrite the oldest (0, 1)
+    kept_z, kept_y = bank.contents()
+    assert torch.equal(kept_z, z[[5, 6, 2, 3, 4]]) and torch.equal(kept_y, y[[5, 6, 2, 3, 4]])
+    copy = SDEBank(size=5, dim=2, num_classes=3, task="multi")
+    copy.load_state_dict(bank.state_dict())
+    bank.push(z[7:], y[7:])
+    copy.push(z[7:], y[7:])  # the position came with the state: both overwrite row 2
+    assert torch.equal(copy.contents()[0], bank.contents()[0]) and torch.equal(bank.contents()[0][2], z[7])
+    single = SDEBank(size=4, dim=2, num_classes=3)
+    single.push(z[:6], torch.tensor([0, 1, 2, 0, 1, 2]))  # a batch larger than the bank keeps its last rows
+    assert torch.equal(single.contents()[1], torch.tensor([2, 0, 1, 2]))
 
 
 def test_pseudo_label_loss_averages_over_all_unlabeled_samples():

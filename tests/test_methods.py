@@ -167,6 +167,23 @@ def test_class_balance_changes_the_student_gradient_and_its_prior_is_saved(balan
     assert "prior" not in build_method("mean_teacher", C).state_dict()  # older checkpoints still load
 
 
+@pytest.mark.parametrize("task", ["single", "multi"])
+def test_sde_bank_holds_earlier_labeled_views_and_is_saved(task):
+    student, teacher = make_models()
+    method = build_method("clcp_mt", C, num_unlabeled=10, task=task, sde_bank=30, proj_dim=4, **LOW)
+    plain = build_method("clcp_mt", C, num_unlabeled=10, task=task, proj_dim=4, **LOW)
+    first = method.step(make_batch(0, task), student, teacher, LATE).logs["loss/sde"]
+    assert first == plain.step(make_batch(0, task), student, teacher, LATE).logs["loss/sde"]  # bank empty at step 1
+    assert method.bank.contents()[0].shape == (12, 4)  # both views of the 6 labeled images
+    out = method.step(make_batch(1, task), student, teacher, LATE)
+    assert out.logs["loss/sde"] != plain.step(make_batch(1, task), student, teacher, LATE).logs["loss/sde"]
+    fresh = build_method("clcp_mt", C, num_unlabeled=10, task=task, sde_bank=30, proj_dim=4)
+    fresh.load_state_dict(method.state_dict())
+    assert torch.equal(fresh.bank.z, method.bank.z) and int(fresh.bank.filled) == 24
+    assert build_method("mean_teacher", C, sde_bank=30).bank is None  # no SDE, no bank
+    assert not any(k.startswith("bank") for k in plain.state_dict())  # older checkpoints still load
+
+
 def test_build_method_rejects_unknown_name_with_close_match():
     with pytest.raises(ValueError, match="unknown method 'clcpmt'.*did you mean 'clcp_mt'"):
         build_method("clcpmt", C)

@@ -67,6 +67,8 @@ class MethodConfig:
     lambda_fair: float = 0.01  # freematch: weight of its self-adaptive fairness term (FreeMatch's / USB's default)
     rampup_epochs: float = 30.0
     sde_temperature: float = 0.1
+    sde_bank: int = 0  # SDE's memory bank (mt_sde, clcp_mt): the last N labeled views' projections as extra
+    # SupCon keys, so rare classes meet positives outside their batch (0: off; SPEC §3.3's option)
     tau: float = 0.95
     tau_min: float = 0.5
     tau_negative: float = 0.95  # multi-label: negative pseudo-label when p <= 1 - tau_negative (1: none)
@@ -250,6 +252,8 @@ def _validate_method(m: MethodConfig) -> None:
         raise ConfigError(f"method.tau_min must be a float in [0, method.tau={m.tau}] and tau <= 1; got {m.tau_min}")
     if not 0.5 <= m.tau_negative <= 1.0:  # a negative pseudo-label needs p <= 1 - tau_negative, at most 0.5
         raise ConfigError(f"method.tau_negative must be in [0.5, 1] (negative when p <= 1 - it); got {m.tau_negative}")
+    if m.sde_bank < 0:
+        raise ConfigError(f"method.sde_bank must be >= 0 (0: no memory bank); got {m.sde_bank}")
     if m.balance_strength < 0:
         raise ConfigError(f"method.balance_strength must be >= 0; got {m.balance_strength}")
     if not 0.0 <= m.ema_decay < 1.0 or not 0.0 <= m.momentum < 1.0:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .thresholds import all_gather_rows
+
 
 def probabilities(logits: torch.Tensor, task: str = "single") -> torch.Tensor:
     """logits: (B, C) -> softmax (single-label) or sigmoid (multi-label) probabilities, in fp32."""
@@ -64,37 +66,88 @@ def consistency_loss(p_student: torch.Tensor, p_teacher: torch.Tensor) -> torch.
     return ((p_student - p_teacher.detach()) ** 2).sum(dim=1).mean()
 
 
-def _positive_weights(labels: torch.Tensor, task: str) -> torch.Tensor:
-    """(N, N) positive weights: 1 for the same class (single); Jaccard overlap of label sets (multi)."""
+def _positive_weights(labels: torch.Tensor, keys: torch.Tensor, task: str) -> torch.Tensor:
+    """(N, M) positive weights of anchors against keys: 1 for the same class (single); Jaccard overlap of the
+    label sets (multi), 1 between two "No Finding" (all-zero) images."""
     if task == "single":
-        return (labels[:, None] == labels[None, :]).float()
-    y = labels.float()  # (N, C) 0/1
-    inter = y @ y.T
-    union = y.sum(1)[:, None] + y.sum(1)[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))  # "No Finding" pairs: 1
+        return (labels[:, None] == keys[None, :]).float()
+    a, b = labels.float(), keys.float()  # (N, C), (M, C) 0/1
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
 
 
-def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, task: str = "single") -> torch.Tensor:
+def supcon_loss(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 0.1,
+    task: str = "single",
+    bank_z: torch.Tensor | None = None,
+    bank_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
     """L_sde (SPEC §3.3): supervised contrastive loss over the labeled views.
 
     Args:
-        z: (N, D) L2-normalised projections of the 2·B_L labeled views.
+        z: (N, D) L2-normalised projections of the 2·B_L labeled views (the anchors).
         labels: (N,) class indices, or (N, C) 0/1 finding matrix for multi-label (Jaccard-weighted positives).
+        bank_z, bank_labels: optional (K, D) / (K,) or (K, C) memory bank of earlier labeled views (SPEC §3.3's
+            option, `SDEBank`): extra keys, positives and negatives alike, without gradient; anchors stay the batch.
 
     Anchors without any positive are left out of the mean; no anchor has one -> 0 (still in the graph).
     """
     with torch.autocast(device_type=z.device.type, enabled=False):  # fp32: exp(1/0.1) overflows fp16
         z = z.float()
         n = z.shape[0]
-        self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
-        sim = (z @ z.T / temperature).masked_fill(self_mask, float("-inf"))  # (N, N), a != i
+        keys, key_labels = z, labels
+        if bank_z is not None and bank_z.shape[0] > 0:
+            keys = torch.cat([z, bank_z.detach().float()])
+            key_labels = torch.cat([labels, bank_labels.to(labels.dtype)])
+        self_mask = torch.eye(n, keys.shape[0], dtype=torch.bool, device=z.device)  # (N, N + K): a != i
+        sim = (z @ keys.T / temperature).masked_fill(self_mask, float("-inf"))
         log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)  # logsumexp subtracts the row max
-        weights = _positive_weights(labels, task).masked_fill(self_mask, 0.0)  # (N, N)
+        weights = _positive_weights(labels, key_labels, task).masked_fill(self_mask, 0.0)
         has_pos = weights.sum(1) > 0
         per_anchor = -(weights * log_prob.masked_fill(self_mask, 0.0)).sum(1) / weights.sum(1).clamp_min(1e-12)
         if not has_pos.any():
             return z.sum() * 0.0
         return per_anchor[has_pos].mean()
+
+
+class SDEBank(nn.Module):
+    """SPEC §3.3's optional memory bank: the last `size` labeled views' projections and labels, so that an anchor
+    of a rare class (a finding in 1 of 100 labeled images) meets positives that are not in its own batch.
+
+    Hand-written (pytorch-metric-learning's CrossBatchMemory, the same cross-batch memory of Wang et al. 2020, is
+    the test oracle) because its label memory holds class indices only and its queue position is not in its state
+    dict; here the multi-label rows and the position are buffers, so the bank lives in the checkpoint. The stored
+    projections are the student's, detached, from the last size / (2·B_L) steps. Under distributed training every
+    process pushes the views of all processes (gathered in rank order), so the banks stay identical.
+    """
+
+    def __init__(self, size: int, dim: int, num_classes: int, task: str = "single") -> None:
+        super().__init__()
+        self.register_buffer("z", torch.zeros(size, dim))
+        label_shape = (size,) if task == "single" else (size, num_classes)
+        self.register_buffer("labels", torch.zeros(label_shape, dtype=torch.long if task == "single" else torch.float))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))  # valid rows (grows to size)
+        self.register_buffer("position", torch.zeros((), dtype=torch.long))  # next row to overwrite
+
+    def contents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The valid rows: (K, D) projections and (K,) or (K, C) labels, K = filled."""
+        k = int(self.filled)
+        return self.z[:k], self.labels[:k]
+
+    @torch.no_grad()
+    def push(self, z: torch.Tensor, labels: torch.Tensor) -> None:
+        """Store (N, D) projections and their labels, overwriting the oldest rows first."""
+        size = self.z.shape[0]
+        z, labels = all_gather_rows(z.detach().float()), all_gather_rows(labels.to(self.labels.dtype))
+        z, labels = z[-size:], labels[-size:]  # a batch larger than the bank keeps its last rows
+        rows = (self.position + torch.arange(z.shape[0], device=z.device)) % size
+        self.z[rows] = z
+        self.labels[rows] = labels
+        self.position.copy_((self.position + z.shape[0]) % size)
+        self.filled.copy_(torch.clamp(self.filled + z.shape[0], max=size))
 
 
 def pseudo_label_loss(

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .losses import (
+    SDEBank,
     consistency_loss,
     fairness_loss,
     probabilities,
@@ -141,6 +142,8 @@ class SSLMethod(nn.Module):
         class_balance: str = "none",
         balance_strength: float = 1.0,
         prior: torch.Tensor | None = None,
+        sde_bank: int = 0,
+        proj_dim: int = 128,
     ) -> None:
         super().__init__()
         self.recipe, self.task, self.negative_threshold = recipe, task, 1.0 - tau_negative
@@ -153,6 +156,8 @@ class SSLMethod(nn.Module):
         elif prior is None:
             prior = torch.full((num_classes,), 0.5)  # a placeholder until a checkpoint's labeled prior is loaded
         self.register_buffer("prior", None if prior is None else prior.float())
+        # SDE's optional memory bank of earlier labeled views (None: off, or a method without SDE)
+        self.bank = SDEBank(sde_bank, proj_dim, num_classes, task) if recipe.contrastive and sde_bank > 0 else None
         self.rule = None
         if recipe.threshold:
             self.rule = build_rule(
@@ -184,8 +189,11 @@ class SSLMethod(nn.Module):
             logs["loss/mt"] = consistency_loss(p_student, p_teacher)
             out.loss = out.loss + w * self.lambda_mt * logs["loss/mt"]
         if r.contrastive:
-            logs["loss/sde"] = supcon_loss(z[: 2 * n_l], y2, self.sde_temperature, task)
+            bank = self.bank.contents() if self.bank is not None else (None, None)
+            logs["loss/sde"] = supcon_loss(z[: 2 * n_l], y2, self.sde_temperature, task, *bank)
             out.loss = out.loss + self.lambda_sde * logs["loss/sde"]
+            if self.bank is not None:
+                self.bank.push(z[: 2 * n_l], y2)  # after the loss: a view is never its own bank key
         if r.threshold:
             p_pl = p_teacher[:n_u] if r.pl_source == "teacher" else probabilities(logits[-n_u:].detach(), task)
             self.rule.update(p_pl, b.u_index)

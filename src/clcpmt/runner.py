@@ -64,6 +64,8 @@ def build_system(
         class_balance=m.class_balance,
         balance_strength=m.balance_strength,
         prior=prior,
+        sde_bank=m.sde_bank,
+        proj_dim=cfg.model.proj_dim,
     )
     t = cfg.train
     module = SSLModule(

@@ -55,7 +55,8 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _all_gather(t: torch.Tensor) -> torch.Tensor:
+def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate every process's (N, ...) rows in rank order (the tensor itself outside distributed runs)."""
     if not (dist.is_available() and dist.is_initialized()):
         return t
     out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
@@ -138,7 +139,7 @@ class CountStatus(nn.Module):
             state = torch.full(probs.shape, -1, dtype=torch.long, device=probs.device)  # (B, C)
             state[probs <= 1 - self.tau] = 0
             state[probs >= self.tau] = 1
-        index, state = _all_gather(index.to(self.table.device)), _all_gather(state.to(self.table.device))
+        index, state = all_gather_rows(index.to(self.table.device)), all_gather_rows(state.to(self.table.device))
         uniq, inverse = torch.unique(index, return_inverse=True)  # a sample seen twice in a step counts once
         new = torch.full((len(uniq), *state.shape[1:]), -1, dtype=torch.long, device=state.device)
         new.index_copy_(0, inverse, state)
