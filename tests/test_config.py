@@ -72,3 +72,19 @@ def test_cli_reports_config_errors_in_one_line(capsys):
     assert len(err) == 1 and "unknown key 'train.epoch'" in err[0]
     assert main(["train", "--config", "nonexistent"]) == 2
     assert "packaged configs: demo" in capsys.readouterr().err
+
+
+def test_readme_cli_reference_names_every_config_key():
+    """The README's key table is the CLI reference: a key added to a config dataclass must appear in its row."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from clcpmt.config import Config
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    rows = dict(re.findall(r"^`(\w+)` \| (.*)$", readme.read_text(), flags=re.M))
+    for section in ("data", "model", "method", "train"):
+        fields = dataclasses.fields(type(getattr(Config(), section)))
+        missing = [f.name for f in fields if f"`{f.name}`" not in rows.get(section, "")]
+        assert not missing, f"README.md's `{section}` row lacks {missing}"
