@@ -1,3 +1,4 @@
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_variants_run_in_parallel_and_are_tabulated_on_validation(tmp_path):
     assert "tau_min: 0.8" in config and (out / "clcp_mt_lab0.2_seed0_tmin8" / "train.log").is_file()
 
 
-def test_wall_time_sums_the_attempts_of_a_resumed_run(tmp_path, monkeypatch):
+def test_wall_time_sums_the_attempts_of_a_resumed_run_and_a_finished_run_drops_last_ckpt(tmp_path, monkeypatch):
     import subprocess
     import time as time_module
 
@@ -116,11 +117,21 @@ def test_wall_time_sums_the_attempts_of_a_resumed_run(tmp_path, monkeypatch):
 
     def finishes(cmd, **kw):
         assert "--resume" in cmd
+        (run_dir / "checkpoints" / "best.ckpt").write_text("")
         (run_dir / "metrics.json").write_text("{}")
 
     monkeypatch.setattr(subprocess, "run", finishes)
     bench_module.run_one(grid, "supervised", 0.2, 0)
     assert (run_dir / "wall_time.txt").read_text() == "75\n"
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()  # finished: only best.ckpt is kept
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+
+    # keep_last: true keeps it
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "checkpoints" / "last.ckpt").write_text("")
+    clock = iter([0.0, 1.0])
+    bench_module.run_one(dataclasses.replace(grid, keep_last=True), "supervised", 0.2, 0)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
 def _script(name: str):

@@ -42,6 +42,7 @@ class Grid:
     official_labels: str = ""  # second test set (never used to choose anything): label CSV ...
     official_images: str = ""  # ... and its image folder
     table_split: str = "testing"  # split of the Markdown table: testing (results) | validation (studies)
+    keep_last: bool = False  # keep a finished run's last.ckpt (false: removed; best.ckpt stays for evaluate/predict)
     jobs: int = 1  # runs at once
 
 
@@ -111,6 +112,10 @@ def run_one(grid: Grid, method: str, labeled: float, seed: int, variant: str = "
         finally:
             if run_dir.is_dir():
                 wall.write_text(f"{before + time.time() - start:.0f}\n")
+        # A finished run is never resumed (its metrics.json skips it), so its last.ckpt only fills the disk: a grid
+        # of 100 runs kept ~8 GB of them.
+        if not grid.keep_last and (run_dir / "metrics.json").is_file():
+            (run_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
     official = run_dir / "official_test.json"
     if grid.official_labels and not official.is_file():
         from .runner import evaluate_csv
