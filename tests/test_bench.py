@@ -1,5 +1,7 @@
+import csv
 import dataclasses
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -67,6 +69,8 @@ def test_tiny_grid_runs_once_and_skips_finished_runs(tmp_path):
     text = (out / "results.md").read_text()
     assert "| supervised | 0.2 | 1 |" in text and "| fixmatch | 0.2 | 1 |" in text
     assert text.splitlines()[2].endswith("| val AUC |")  # the validation column beside the testing ones
+    row = next(csv.DictReader(open(out / "results.csv")))
+    assert "val_standard/auc" in row and "val_auc/MEL" in row and "test_standard/auc" not in row
     assert (out / "fixmatch_lab0.2_seed0" / "thresholds.png").is_file()
     per_class, thresholds = text.split("Per-class AUC")[1].split("Per-class thresholds")
     assert "| supervised | 0.2 | 1 |" in per_class and "| MEL | NV |" in per_class
@@ -90,6 +94,13 @@ def test_variants_run_in_parallel_and_are_tabulated_on_validation(tmp_path):
     assert "| clcp_mt | 0.2 | 1 |" in text and "| clcp_mt +tmin8 | 0.2 | 1 |" in text
     config = (out / "clcp_mt_lab0.2_seed0_tmin8" / "config.yaml").read_text()
     assert "tau_min: 0.8" in config and (out / "clcp_mt_lab0.2_seed0_tmin8" / "train.log").is_file()
+    # the CSV holds the table's split and, prefixed test_, the testing headline and per-class AUC
+    metrics = json.loads((out / "clcp_mt_lab0.2_seed0" / "metrics.json").read_text())
+    row = next(r for r in csv.DictReader(open(out / "results.csv")) if r["variant"] == "")
+    assert float(row["standard/auc"]) == pytest.approx(metrics["validation/teacher"]["standard/auc"])
+    assert float(row["test_standard/auc"]) == pytest.approx(metrics["testing/teacher"]["standard/auc"])
+    assert float(row["test_auc/MEL"]) == pytest.approx(metrics["testing/teacher"]["auc/MEL"])
+    assert "val_standard/auc" not in row
 
 
 def test_wall_time_sums_the_attempts_of_a_resumed_run_and_a_finished_run_drops_last_ckpt(tmp_path, monkeypatch):
