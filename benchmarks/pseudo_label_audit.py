@@ -24,7 +24,13 @@ def audit(run: Path, low: float | None = None) -> tuple[tuple[str, ...], np.ndar
     """(findings, (3, C) shares): positives p >= 0.5; positives p <= low; negatives p <= low.
 
     low: the run's negative threshold 1 - tau_negative unless given (to compare runs without negatives)."""
-    module, cfg = load_system(run / "checkpoints" / "last.ckpt")
+    last = run / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise SystemExit(
+            f"{last} not found: the audit reads the end of training, and a finished `clcpmt bench` run keeps only "
+            "best.ckpt unless its grid file sets keep_last: true"
+        )
+    module, cfg = load_system(last)
     data = prepare_data(cfg.data)
     if data.task != "multi":
         raise SystemExit(f"{run}: a multi-label run is needed (task is {data.task})")

@@ -176,3 +176,6 @@ def test_pseudo_label_audit_shares_hand_case():
     # finding 0: positives 0.9, 0.3 -> 1/2 at >= 0.5, 0/2 at <= 0.05; negatives 0.04, 0.01 -> 2/2 at <= 0.05
     # finding 1: positives 0.02, 0.6 -> 1/2 and 1/2; negatives 0.01, 0.03 -> 2/2
     assert np.allclose(s, [[0.5, 0.5], [0.0, 0.5], [1.0, 1.0]])
+    # a run without last.ckpt (a finished bench run without keep_last) gets one clear error naming the file
+    with pytest.raises(SystemExit, match=r"run/checkpoints/last.ckpt not found.*keep_last: true"):
+        audit.audit(Path("run"))
