@@ -40,7 +40,13 @@ def main() -> None:
         seeds = sorted(a.keys() & b.keys())
         diff = [a[s] - b[s] for s in seeds]
         per_seed = " / ".join(f"{d:+.2f}" for d in diff)
-        print(f"{metric}: {args.a} - {args.b}, seeds {seeds}: {per_seed}; mean {statistics.mean(diff):+.2f}")
+        line = f"{metric}: {args.a} - {args.b}, seeds {seeds}: {per_seed}; mean {statistics.mean(diff):+.2f}"
+        if len(seeds) > 1:  # the standard error of the mean difference, and each row's mean ± std on these seeds
+            se = statistics.stdev(diff) / len(diff) ** 0.5
+            values = {args.a: [a[s] for s in seeds], args.b: [b[s] for s in seeds]}
+            each = [f"{n} {statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" for n, v in values.items()]
+            line += f" (SE {se:.2f}; {each[0]}, {each[1]})"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,10 @@ def test_paired_differences_by_seed(tmp_path, capsys, monkeypatch):
     )
     monkeypatch.setattr(sys, "argv", ["paired.py", str(path), "a", "b+v"])
     paired.main()  # seeds both rows have: 0 and 1; differences +2 and -1
-    assert "seeds [0, 1]: +2.00 / -1.00; mean +0.50" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "seeds [0, 1]: +2.00 / -1.00; mean +0.50" in out
+    # SE of the differences: stdev(+2, -1) / sqrt(2) = 2.1213 / 1.4142 = 1.50; each row on seeds 0-1 only
+    assert "(SE 1.50; a 85.00 ± 7.07, b+v 84.50 ± 4.95)" in out
     monkeypatch.setattr(sys, "argv", ["paired.py", str(path), "a", "b+v", "--metric", "auc"])
     with pytest.raises(SystemExit, match="no column 'auc'"):
         paired.main()
@@ -179,3 +182,12 @@ def test_pseudo_label_audit_shares_hand_case():
     # a run without last.ckpt (a finished bench run without keep_last) gets one clear error naming the file
     with pytest.raises(SystemExit, match=r"run/checkpoints/last.ckpt not found.*keep_last: true"):
         audit.audit(Path("run"))
+
+
+def test_readme_names_every_grid_key():
+    """The README's bench paragraph is the grid file's reference: a key added to Grid must be named there."""
+    from clcpmt.bench import Grid
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [f.name for f in dataclasses.fields(Grid) if f"`{f.name}`" not in readme]
+    assert not missing, f"README.md does not name the grid keys {missing}"

@@ -131,6 +131,7 @@ def collect(grid: Grid) -> list[dict]:
     """One row per finished run: its `grid.table_split` metrics (teacher, best validation epoch), the other split's
     headline and per-class AUC (val_* or test_*: a study tabulated on validation can report testing in a later,
     written-first stage from the same CSV) and the official test."""
+    other, prefix = ("validation", "val_") if grid.table_split == "testing" else ("testing", "test_")
     rows = []
     for method, labeled, seed, variant in grid_runs(grid):
         run_dir = Path(grid.out) / run_name(method, labeled, seed, variant)
@@ -139,7 +140,6 @@ def collect(grid: Grid) -> list[dict]:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         row = {"method": method, "variant": variant, "labeled": labeled, "seed": seed}
         row |= {k: v for k, v in metrics[f"{grid.table_split}/teacher"].items() if k != "confusion"}
-        other, prefix = ("validation", "val_") if grid.table_split == "testing" else ("testing", "test_")
         row |= {prefix + k: v for k, v in metrics[f"{other}/teacher"].items() if k.startswith(("standard/", "auc/"))}
         if (run_dir / "official_test.json").is_file():
             row["official/bacc"] = json.loads((run_dir / "official_test.json").read_text())["standard/bacc"]
