@@ -204,9 +204,10 @@ def test_multilabel_capr_thresholds_lower_for_rare_slow_findings():
     for _ in range(30):  # finding 0: confident positives; finding 2: barely above 0.5 when predicted
         probs = torch.tensor([[0.97, 0.8, 0.55]] * 3 + [[0.02, 0.1, 0.1]] * 7)
         rule.update(probs, torch.arange(10))
-    assert rule.thresholds(0.5).tolist() == pytest.approx([0.95] * 3)
-    t = rule.thresholds(2.0)
+    assert torch.allclose(rule.thresholds(0.5), torch.tensor([[0.05] * 3, [0.95] * 3]))  # (negative, positive)
+    t = rule.thresholds(2.0)[1]
     assert t[0] == pytest.approx(0.95) and t[2] < t[1] < t[0] and (t >= 0.5).all()
+    assert rule.thresholds(2.0)[0].tolist() == pytest.approx([0.05] * 3)  # the fixed negative threshold
 
 
 def test_real_chestxray14_labels_and_patient_disjoint_splits(shared_data):

@@ -88,3 +88,20 @@ def test_readme_cli_reference_names_every_config_key():
         fields = dataclasses.fields(type(getattr(Config(), section)))
         missing = [f.name for f in fields if f"`{f.name}`" not in rows.get(section, "")]
         assert not missing, f"README.md's `{section}` row lacks {missing}"
+
+
+def test_rampup_default_scales_with_the_schedule():
+    from clcpmt.config import rampup_epochs
+
+    assert rampup_epochs(load_config(None, ["--train.epochs=100"])) == pytest.approx(30.0)  # SPEC: 30 of 100
+    assert rampup_epochs(load_config(None, ["--train.epochs=15"])) == pytest.approx(4.5)
+    assert rampup_epochs(load_config(None, ["--train.epochs=15", "--method.rampup_epochs=2"])) == 2.0
+    assert rampup_epochs(load_config(None, ["--method.rampup_epochs=0"])) == 0.0  # no ramp-up
+    with pytest.raises(ConfigError, match=r"method\.rampup_epochs must be >= 0 .* or -1 .*got -3"):
+        load_config(None, ["--method.rampup_epochs=-3"])
+
+
+def test_teacher_bn_is_a_checked_choice():
+    assert load_config(None, []).method.teacher_bn == "ema"
+    with pytest.raises(ConfigError, match=r"method\.teacher_bn must be one of ema, batch; got 'train'"):
+        load_config(None, ["--method.teacher_bn=train"])

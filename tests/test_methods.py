@@ -187,3 +187,42 @@ def test_sde_bank_holds_earlier_labeled_views_and_is_saved(task):
 def test_build_method_rejects_unknown_name_with_close_match():
     with pytest.raises(ValueError, match="unknown method 'clcpmt'.*did you mean 'clcp_mt'"):
         build_method("clcpmt", C)
+
+
+class Recorder(nn.Module):
+    """Wraps a model and records the number of images of each forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.rows = model, []
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.rows.append(x.shape[0])
+        return self.model(x)
+
+
+# B_L = 6 labeled, B_U = 10 unlabeled (make_batch): one student forward, at most one teacher forward, on the views
+# each method uses and no other (the FixMatch family trains on one labeled view, as published)
+FORWARD_ROWS = {
+    "supervised": ([12], []),
+    "mean_teacher": ([22], [16]),
+    "mt_sde": ([22], [16]),
+    "mt_capr": ([22], [16]),
+    "fixmatch": ([26], []),
+    "flexmatch": ([26], []),
+    "freematch": ([26], []),
+    "clcp_mt": ([22], [16]),
+}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_each_method_forwards_only_the_views_it_uses(name):
+    assert set(FORWARD_ROWS) == set(METHODS)
+    student, teacher = make_models()
+    student, teacher = Recorder(student), Recorder(teacher)
+    method = build_method(name, C, num_unlabeled=10, **LOW)
+    b = make_batch()
+    if method.labeled_views == 1:
+        b.x2 = None  # the data path does not make a view the method does not use
+    method.step(b, student, teacher, LATE).loss.backward()
+    assert (student.rows, teacher.rows) == FORWARD_ROWS[name]

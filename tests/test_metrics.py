@@ -65,8 +65,8 @@ def test_srcmt_metrics_equal_sklearn_per_class_means(seed):
 
 def test_srcmt_threshold_is_inclusive():
     probs = torch.tensor([[0.18, 0.82], [0.9, 0.1]])
-    m = srcmt_metrics(probs, torch.tensor([0, 0]))
-    assert m["sens"].item() == pytest.approx(0.5)  # class 0: both at p >= 0.18 -> sens 1; class 1: no positives -> 0
+    m = srcmt_metrics(probs, torch.tensor([0, 1]))
+    assert m["sens"].item() == pytest.approx(0.5)  # class 0: p = 0.18 >= 0.18 -> sens 1 (0 if exclusive); class 1: 0
 
 
 def test_balanced_accuracy_equals_official_isic_scorer():
@@ -122,3 +122,33 @@ def test_multilabel_metrics_with_cpu_thresholds_and_gpu_probabilities():
     probs, targets = torch.rand(20, 3, device="cuda"), (torch.rand(20, 3, device="cuda") > 0.5).float()
     m = multilabel_metrics(probs, targets, torch.full((3,), 0.4))
     assert m["f1_c"].device.type == "cuda"
+
+
+def test_absent_classes_are_left_out_as_sklearn_does():
+    """An external file with two of the seven classes: balanced accuracy and macro F1 equal scikit-learn's, and the
+    report names the absent classes (the old mean over all seven counted each absent class as 0)."""
+    g = torch.Generator().manual_seed(0)
+    targets = torch.tensor([0] * 30 + [3] * 10)
+    logits = torch.randn(40, 7, generator=g) + 1.2 * torch.nn.functional.one_hot(targets, 7)
+    probs = logits.softmax(1)
+    y, pred = targets.numpy(), probs.numpy().argmax(1)
+    assert len(set(pred) - {0, 3}) > 0  # some predictions fall on absent classes
+    m = standard_metrics(probs, targets)
+    assert m["bacc"].item() == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-6)
+    assert m["f1"].item() == pytest.approx(skm.f1_score(y, pred, average="macro"), abs=1e-6)
+    assert m["bacc"].item() > 2 * m["sens_c"].nan_to_num(0.0).mean().item()  # not diluted by 5 absent classes
+    assert torch.isnan(m["sens_c"][[1, 2, 4, 5, 6]]).all()
+    srcmt = srcmt_metrics(probs, targets)
+    recalls = [skm.recall_score(y == k, probs[:, k].numpy() >= 0.18) for k in (0, 3)]
+    assert srcmt["sens"].item() == pytest.approx(np.mean(recalls), abs=1e-6)
+    report = format_report(probs, targets, ISIC_CLASSES, "external")
+    assert "warning: no NV, BCC, BKL, DF, VASC in these targets" in report
+
+
+def test_multilabel_finding_without_positives_is_left_out_of_the_f1_mean_unless_predicted():
+    probs = torch.tensor([[0.9, 0.1, 0.8], [0.2, 0.1, 0.1], [0.7, 0.2, 0.3]])
+    targets = torch.tensor([[1, 0, 1], [0, 0, 0], [1, 0, 0]])  # finding 1 absent, never predicted
+    m = multilabel_metrics(probs, targets)
+    assert torch.isnan(m["f1_c"][1]) and m["f1"].item() == pytest.approx((1.0 + 1.0) / 2)
+    predicted = multilabel_metrics(probs, targets, torch.tensor([0.5, 0.05, 0.5]))  # now finding 1 is predicted
+    assert predicted["f1_c"][1].item() == 0.0 and predicted["f1"].item() == pytest.approx(2 / 3)

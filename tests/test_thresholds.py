@@ -8,6 +8,7 @@ from clcpmt.thresholds import (
     FixedThreshold,
     FlexMatchThreshold,
     FreeMatchThreshold,
+    binary_thresholds,
     capr_thresholds,
     flexmatch_thresholds,
     freematch_thresholds,
@@ -129,12 +130,18 @@ def test_select_pseudo_labels_single_and_multi():
     probs = torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.1, 0.9]])
     pseudo, mask = select_pseudo_labels(probs, torch.tensor([0.65, 0.8]))
     assert pseudo.tolist() == [0, 1, 1] and mask.tolist() == [True, False, True]
-    pseudo, mask = select_pseudo_labels(probs, torch.tensor([0.65, 0.8]), "multi", negative_threshold=0.2)
+    pseudo, mask = select_pseudo_labels(probs, torch.tensor([[0.2, 0.2], [0.65, 0.8]]), "multi")
     assert pseudo.tolist() == [[1, 0], [0, 0], [0, 1]]
     assert mask.tolist() == [[True, False], [False, False], [True, True]]
     saturated = torch.tensor([[0.0, 0.3]])  # a sigmoid rounds to exactly 0 in fp32 below a logit of about -104
-    assert select_pseudo_labels(saturated, torch.tensor([0.65, 0.8]), "multi", 0.05)[1].tolist() == [[True, False]]
-    assert select_pseudo_labels(saturated, torch.tensor([0.65, 0.8]), "multi", 0.0)[1].tolist() == [[False, False]]
+    thresholds = torch.tensor([[0.05, 0.05], [0.65, 0.8]])
+    assert select_pseudo_labels(saturated, thresholds, "multi")[1].tolist() == [[True, False]]
+    assert select_pseudo_labels(saturated, thresholds * torch.tensor([[0.0], [1.0]]), "multi")[1].tolist() == [
+        [False, False]
+    ]
+    # a pair at or above the positive threshold is positive even where the negative threshold also holds it
+    pseudo, mask = select_pseudo_labels(torch.tensor([[0.5]]), torch.tensor([[0.5], [0.5]]), "multi")
+    assert pseudo.tolist() == [[1.0]] and mask.tolist() == [[True]]
 
 
 @pytest.mark.parametrize(
@@ -163,3 +170,80 @@ def test_count_status_multilabel_incremental_and_unused():
     assert torch.allclose(status.beta(), torch.tensor([0.5, 0.0]))
     status.update(torch.tensor([[0.5, 0.97], [0.5, 0.5]]), torch.tensor([0, 3]))  # sample 0 keeps finding 0
     assert status.table[0].tolist() == [1, 1] and status.counts.tolist() == [1, 1] and status.unused.item() == 2
+
+
+def test_binary_thresholds_never_give_a_positive_below_half_nor_a_negative_above():
+    t = binary_thresholds(torch.tensor([0.0, 0.95, 0.3]), torch.tensor([0.0, 0.95, 0.7]))
+    assert torch.allclose(t, torch.tensor([[0.5, 0.05, 0.5], [0.5, 0.95, 0.7]]))
+
+
+def _multilabel_stream(steps: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A learned model on 200 unlabeled images: finding 0 common (40 %), finding 1 rare (5 %); positives get
+    p ~ 0.97, negatives p ~ 0.02 (finding 1's positives only p ~ 0.6: learned slowly)."""
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.stack([torch.rand(200, generator=g) < 0.4, torch.rand(200, generator=g) < 0.05], dim=1)
+    probs = torch.where(truth, torch.tensor([0.97, 0.6]), torch.tensor([0.02, 0.02]))
+    batches = []
+    for _ in range(steps):
+        index = torch.randperm(200, generator=g)[:40]
+        batches.append((probs[index], index))
+    return batches
+
+
+def test_flexmatch_multilabel_at_step_zero_labels_pairs_by_rounding_not_all_positive():
+    rule = FlexMatchThreshold(num_classes=2, num_unlabeled=200, tau=0.95, task="multi")
+    t = rule.thresholds(0.0)  # no confident pair yet: both classes of each finding at their floor
+    assert torch.allclose(t, torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
+    probs = torch.tensor([[0.3, 0.1], [0.7, 0.45]])
+    pseudo, mask = select_pseudo_labels(probs, t, "multi")
+    assert pseudo.tolist() == [[0, 0], [1, 0]] and mask.all()  # not every pair positive (the old rule's T+ = 0)
+
+
+def test_flexmatch_multilabel_after_many_steps_hand_counts():
+    rule = FlexMatchThreshold(num_classes=2, num_unlabeled=200, tau=0.95, task="multi")
+    probs_all = {}
+    for probs, index in _multilabel_stream(100):
+        rule.update(probs, index)
+        probs_all.update(dict(zip(index.tolist(), probs.tolist(), strict=True)))
+    p = torch.tensor([probs_all[i] for i in sorted(probs_all)])  # every sample seen (100 batches of 40 of 200)
+    assert len(p) == 200
+    pos, neg = (p >= 0.95).sum(0).float(), (p <= 0.05).sum(0).float()  # latest confident states = these
+    unused = 200 - pos - neg
+    norm = torch.maximum(torch.maximum(pos, neg), unused)
+    m = lambda b: 0.95 * b / (2 - b)  # noqa: E731  FlexMatch's M, by hand
+    expected = torch.stack([torch.clamp(1 - m(neg / norm), max=0.5), torch.clamp(m(pos / norm), min=0.5)])
+    assert torch.allclose(rule.thresholds(0.0), expected)
+    t = rule.thresholds(0.0)
+    assert t[0, 1] == pytest.approx(0.05)  # the rare finding: negatives are the majority -> its T- is tau
+    assert t[1, 1] == pytest.approx(0.5)  # never confident positives: T+ at the floor 0.5, never below
+    assert (t[0] <= 0.5).all() and (t[1] >= 0.5).all()
+    pseudo, _ = select_pseudo_labels(p, t, "multi")
+    assert pseudo[:, 1].mean() < 0.1  # positive pseudo-labels near the rare finding's prevalence, not 94 %
+
+
+def test_freematch_multilabel_starts_at_one_half_and_hand_values():
+    rule = FreeMatchThreshold(num_classes=2, momentum=0.5, task="multi")
+    assert torch.allclose(rule.thresholds(0.0), torch.full((2, 2), 0.5))  # 1/K for K = 2 classes per finding
+    assert FreeMatchThreshold(num_classes=14, task="multi").global_conf.item() == 0.5  # not 1/C: max(p, 1-p) >= 0.5
+    rule.update(torch.tensor([[0.9, 0.2], [0.7, 0.1]]), torch.arange(2))
+    # global: 0.5·0.5 + 0.5·mean(0.9, 0.8, 0.7, 0.9) = 0.6625; p~ = 0.5·0.5 + 0.5·(0.8, 0.15) = (0.65, 0.325)
+    assert rule.global_conf.item() == pytest.approx(0.6625)
+    assert torch.allclose(rule.class_probs, torch.tensor([0.65, 0.325]))
+    t = rule.thresholds(0.0)
+    # finding 0: T+ = 0.6625, T- = 0.35/0.65·0.6625 = 0.3567 -> on p: negative <= 0.5, positive >= 0.6625
+    # finding 1: T- = 0.6625, T+ = 0.325/0.675·0.6625 = 0.319 -> on p: negative <= 0.3375, positive >= 0.5
+    assert torch.allclose(t, torch.tensor([[0.5, 1 - 0.6625], [0.6625, 0.5]]), atol=1e-6)
+
+
+def test_freematch_multilabel_after_many_steps_rare_finding_never_below_the_negative_threshold():
+    rule = FreeMatchThreshold(num_classes=2, momentum=0.99, task="multi")
+    seen = {}
+    for probs, index in _multilabel_stream(2000):
+        rule.update(probs, index)
+        seen.update(dict(zip(index.tolist(), probs.tolist(), strict=True)))
+    p = torch.tensor(list(seen.values()))  # (200, 2); the EMA has forgotten its start (0.99^2000)
+    assert rule.global_conf.item() == pytest.approx(torch.maximum(p, 1 - p).mean().item(), abs=0.01)
+    assert torch.allclose(rule.class_probs, p.mean(0), atol=0.02)
+    t = rule.thresholds(0.0)
+    assert (t[0] < t[1]).all() and (t[1] >= 0.5).all()  # a positive is never given below the negative threshold
+    assert t[0, 1] < 0.1 and t[1, 1] == pytest.approx(0.5)  # rare finding: strict negatives, positives at 0.5

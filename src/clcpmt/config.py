@@ -65,7 +65,7 @@ class MethodConfig:
     lambda_sde: float = 0.1
     lambda_pl: float = 1.0
     lambda_fair: float = 0.01  # freematch: weight of its self-adaptive fairness term (FreeMatch's / USB's default)
-    rampup_epochs: float = 30.0
+    rampup_epochs: float = -1.0  # length T_r of the ramp-up w(t); -1: 30 % of train.epochs (SPEC: 30 of 100); 0: none
     sde_temperature: float = 0.1
     sde_bank: int = 0  # SDE's memory bank (mt_sde, clcp_mt): the last N labeled views' projections as extra
     # SupCon keys, so rare classes meet positives outside their batch (0: off; SPEC §3.3's option)
@@ -78,6 +78,8 @@ class MethodConfig:
     mt_on_labeled: bool = True
     class_balance: str = "none"  # L_sup only: none | weights | logit_adjust, from the labeled prior (SPEC §3.1)
     balance_strength: float = 1.0  # exponent of the weights / multiplier of the log-prior (0.5: square root)
+    teacher_bn: str = "ema"  # teacher's BatchNorm in training steps: ema (running statistics = EMA of the student's) |
+    # batch (the batch's own statistics, not tracked); validation and inference always use the EMA statistics
     student_view: str = "default"  # teacher-based methods: default (strong; weak for mean_teacher, mt_sde) | strong |
     # weak; the FixMatch family always trains on the strong view
 
@@ -113,6 +115,7 @@ CHOICES = {
     "data.dataset": ("synthetic", "synthetic_multilabel", "folder", "chestxray14", "medmnist"),
     "method.status": ("confidence", "count"),
     "method.student_view": ("default", "strong", "weak"),
+    "method.teacher_bn": ("ema", "batch"),
     "method.class_balance": ("none", "weights", "logit_adjust"),
     "train.schedule": ("exponential", "cosine"),
     "train.optimizer": ("adam", "adamw"),
@@ -247,7 +250,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.image_size must be >= 8 and train.epochs >= 1")
 
 
+def rampup_epochs(cfg: Config) -> float:
+    """method.rampup_epochs, with its default -1 resolved to 30 % of the schedule (SPEC §3.5: 30 of 100 epochs)."""
+    return cfg.method.rampup_epochs if cfg.method.rampup_epochs >= 0 else 0.3 * cfg.train.epochs
+
+
 def _validate_method(m: MethodConfig) -> None:
+    if m.rampup_epochs < 0 and m.rampup_epochs != -1:
+        raise ConfigError(f"method.rampup_epochs must be >= 0 (0: no ramp-up) or -1 (30 % of train.epochs); "
+                          f"got {m.rampup_epochs}")  # fmt: skip
     if not 0.0 <= m.tau_min <= m.tau <= 1.0:
         raise ConfigError(f"method.tau_min must be a float in [0, method.tau={m.tau}] and tau <= 1; got {m.tau_min}")
     if not 0.5 <= m.tau_negative <= 1.0:  # a negative pseudo-label needs p <= 1 - tau_negative, at most 0.5

@@ -34,14 +34,14 @@ from .thresholds import (
 
 @dataclass
 class SSLBatch:
-    """One training batch. x1, x2: (B_L, 3, H, W) two weak views; y: (B_L,) or (B_L, C).
+    """One training batch. x1, x2: (B_L, 3, H, W) two weak views (x2 None: one view); y: (B_L,) or (B_L, C).
 
     u_weak: (B_U, 3, H, W) teacher's weak view; u_student: the student's view (strong or weak);
     u_index: (B_U,) positions in the unlabeled set; u_hidden: (B_U,) true labels for logging only (-1 unknown).
     """
 
     x1: torch.Tensor
-    x2: torch.Tensor
+    x2: torch.Tensor | None  # None where the method trains on one labeled view (SSLMethod.labeled_views)
     y: torch.Tensor
     u_weak: torch.Tensor | None = None
     u_student: torch.Tensor | None = None
@@ -61,7 +61,7 @@ class StepOutput:
     logs: dict[str, torch.Tensor]
     pseudo: torch.Tensor | None = None  # (B_U,) pseudo-labels, for per-class logging
     mask: torch.Tensor | None = None  # (B_U,) kept
-    thresholds: torch.Tensor | None = None  # (C,)
+    thresholds: torch.Tensor | None = None  # (C,); multi-label (2, C): negative, positive
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,13 @@ class Recipe:
     @property
     def unlabeled(self) -> bool:
         return self.consistency or self.threshold is not None
+
+    @property
+    def labeled_views(self) -> int:
+        """Weak views of each labeled image the method trains on: 1 for the FixMatch family (as published); 2 when
+        SDE needs a pair or Mean Teacher's labeled consistency the teacher's second view (and for supervised-only,
+        whose L_sup is SPEC's, on both views)."""
+        return 1 if self.threshold is not None and self.pl_source == "student" else 2
 
 
 # FixMatch / FlexMatch / FreeMatch pseudo-label from the student's own weak view with a constant weight, as
@@ -104,16 +111,19 @@ def build_rule(
     warmup_epochs: float,
     status: str,
     task: str,
+    tau_negative: float = 0.95,
 ) -> nn.Module:
-    """The threshold rule called `name`."""
+    """The threshold rule called `name`. tau_negative: multi-label fixed negative threshold of fixed and capr."""
     if name == "fixed":
-        return FixedThreshold(num_classes, tau)
+        return FixedThreshold(num_classes, tau, task, tau_negative)
     if name == "flexmatch":
         return FlexMatchThreshold(num_classes, num_unlabeled, tau, task)
     if name == "freematch":
         return FreeMatchThreshold(num_classes, momentum, task)
     if name == "capr":
-        return CAPRThreshold(num_classes, num_unlabeled, tau, tau_min, momentum, warmup_epochs, status, task)
+        return CAPRThreshold(
+            num_classes, num_unlabeled, tau, tau_min, momentum, warmup_epochs, status, task, tau_negative
+        )
     raise ValueError(f"unknown threshold rule '{name}'; expected fixed, flexmatch, freematch or capr")
 
 
@@ -146,7 +156,7 @@ class SSLMethod(nn.Module):
         proj_dim: int = 128,
     ) -> None:
         super().__init__()
-        self.recipe, self.task, self.negative_threshold = recipe, task, 1.0 - tau_negative
+        self.recipe, self.task = recipe, task
         self.lambda_fair = lambda_fair
         self.lambda_mt, self.lambda_sde, self.lambda_pl = lambda_mt, lambda_sde, lambda_pl
         self.rampup_epochs, self.sde_temperature, self.mt_on_labeled = rampup_epochs, sde_temperature, mt_on_labeled
@@ -161,44 +171,68 @@ class SSLMethod(nn.Module):
         self.rule = None
         if recipe.threshold:
             self.rule = build_rule(
-                recipe.threshold, num_classes, num_unlabeled, tau, tau_min, momentum, warmup_epochs, status, task
+                recipe.threshold,
+                num_classes,
+                num_unlabeled,
+                tau,
+                tau_min,
+                momentum,
+                warmup_epochs,
+                status,
+                task,
+                tau_negative,
             )
+
+    @property
+    def labeled_views(self) -> int:
+        return self.recipe.labeled_views
+
+    def views(self, b: SSLBatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The images of one forward of the student and one of the teacher (empty: no teacher forward), in order:
+        student [x1, (x2), (u^s), (u^w: FixMatch family)], teacher [(u^w), (x2: labeled consistency)]."""
+        r = self.recipe
+        own_weak = r.threshold is not None and r.pl_source == "student"
+        student = [b.x1] + ([b.x2] if self.labeled_views == 2 else []) + ([b.u_student] if r.unlabeled else [])
+        student += [b.u_weak] if own_weak else []
+        teacher = []
+        if r.consistency or (r.threshold and r.pl_source == "teacher"):
+            teacher = [b.u_weak] + ([b.x2] if r.consistency and self.mt_on_labeled else [])
+        return student, teacher
 
     def step(self, b: SSLBatch, student: nn.Module, teacher: nn.Module, progress: Progress) -> StepOutput:
         """Total loss of one batch and its parts. Never calls backward; the teacher only runs under no_grad."""
         r, task, n_l = self.recipe, self.task, b.x1.shape[0]
-        own_weak = r.threshold is not None and r.pl_source == "student"
-        views = [b.x1, b.x2] + ([b.u_student] if r.unlabeled else []) + ([b.u_weak] if own_weak else [])
-        logits, z = student(torch.cat(views))
-        y2 = torch.cat([b.y, b.y])
-        loss = supervised_loss(logits[: 2 * n_l], y2, task, self.prior, self.class_balance, self.balance_strength)
+        student_views, teacher_views = self.views(b)
+        logits, z = student(torch.cat(student_views))
+        n_lv = self.labeled_views * n_l  # labeled rows first: x1 (and x2)
+        y_views = b.y.repeat(self.labeled_views, *([1] * (b.y.ndim - 1)))  # (n_lv,) or (n_lv, C)
+        loss = supervised_loss(logits[:n_lv], y_views, task, self.prior, self.class_balance, self.balance_strength)
         logs = {"loss/sup": loss.detach()}
         out = StepOutput(loss, logs)
         if not r.unlabeled and not r.contrastive:
             return out
         n_u = b.u_weak.shape[0] if r.unlabeled else 0
-        logits_us = logits[2 * n_l : 2 * n_l + n_u]  # (B_U, C) student on u^s
+        logits_us = logits[n_lv : n_lv + n_u]  # (B_U, C) student on u^s
         w = ramp_up(progress.epoch, self.rampup_epochs)
         logs["ramp"] = torch.tensor(w)
-        if r.consistency or (r.threshold and r.pl_source == "teacher"):
+        if teacher_views:
             with torch.no_grad():
-                t_in = [b.u_weak] + ([b.x2] if r.consistency and self.mt_on_labeled else [])
-                p_teacher = probabilities(teacher(torch.cat(t_in))[0], task)  # (B_U [+ B_L], C)
+                p_teacher = probabilities(teacher(torch.cat(teacher_views))[0], task)  # (B_U [+ B_L], C)
         if r.consistency:
             p_student = probabilities(torch.cat([logits_us, logits[:n_l]] if self.mt_on_labeled else [logits_us]), task)
             logs["loss/mt"] = consistency_loss(p_student, p_teacher)
             out.loss = out.loss + w * self.lambda_mt * logs["loss/mt"]
         if r.contrastive:
             bank = self.bank.contents() if self.bank is not None else (None, None)
-            logs["loss/sde"] = supcon_loss(z[: 2 * n_l], y2, self.sde_temperature, task, *bank)
+            logs["loss/sde"] = supcon_loss(z[:n_lv], y_views, self.sde_temperature, task, *bank)
             out.loss = out.loss + self.lambda_sde * logs["loss/sde"]
             if self.bank is not None:
-                self.bank.push(z[: 2 * n_l], y2)  # after the loss: a view is never its own bank key
+                self.bank.push(z[:n_lv], y_views)  # after the loss: a view is never its own bank key
         if r.threshold:
             p_pl = p_teacher[:n_u] if r.pl_source == "teacher" else probabilities(logits[-n_u:].detach(), task)
             self.rule.update(p_pl, b.u_index)
             out.thresholds = self.rule.thresholds(progress.epoch).to(p_pl.device)
-            out.pseudo, out.mask = select_pseudo_labels(p_pl, out.thresholds, task, self.negative_threshold)
+            out.pseudo, out.mask = select_pseudo_labels(p_pl, out.thresholds, task)
             logs["loss/pl"] = pseudo_label_loss(logits_us, out.pseudo, out.mask, task)
             logs["mask_rate"] = out.mask.float().mean()
             out.loss = out.loss + (w if r.pl_source == "teacher" else 1.0) * self.lambda_pl * logs["loss/pl"]

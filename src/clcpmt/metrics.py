@@ -17,6 +17,18 @@ def _safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(b > 0, a / b.clamp_min(1e-12), torch.zeros_like(a))
 
 
+def _undefined_as_nan(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den, NaN where den is 0 (a recall of a class absent from the targets, an F1 of a class neither present
+    nor predicted): means over classes then leave it out, as scikit-learn's balanced accuracy and macro F1 do."""
+    return torch.where(den > 0, num / den.clamp_min(1e-12), torch.full_like(num, float("nan")))
+
+
+def absent_classes(targets: torch.Tensor, num_classes: int) -> list[int]:
+    """Classes with no example in targets: (N,) class indices or (N, C) 0/1."""
+    support = torch.bincount(targets.long(), minlength=num_classes) if targets.ndim == 1 else targets.sum(0)
+    return [c for c in range(num_classes) if support[c] == 0]
+
+
 def _defined_auc(auc_c: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
     """Per-class AUC with NaN where a class has no positive or no negative (AUC undefined; torchmetrics says 0)."""
     positives = onehot.sum(0)
@@ -41,7 +53,9 @@ def standard_metrics(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, to
     """Single-label standard protocol. probs: (N, C) softmax; targets: (N,) class indices.
 
     Returns scalars auc (macro one-vs-rest), bacc (ISIC2018 balanced multiclass accuracy), f1 (macro),
-    per-class tensors (C,) auc_c, sens_c, spec_c, f1_c, and the confusion matrix (C, C).
+    per-class tensors (C,) auc_c, sens_c, spec_c, f1_c, and the confusion matrix (C, C). As scikit-learn: a class
+    absent from the targets has no recall (NaN) and is left out of bacc; one neither present nor predicted has no F1
+    (NaN) and is left out of the macro F1; AUC leaves out classes without positives.
     """
     probs, targets = probs.float(), targets.long()
     c = probs.shape[1]
@@ -51,13 +65,13 @@ def standard_metrics(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, to
     fp = cm.sum(0).float() - tp
     fn = support - tp
     tn = len(targets) - tp - fp - fn
-    sens, spec = _safe_div(tp, support), _safe_div(tn, tn + fp)
-    f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
+    sens, spec = _undefined_as_nan(tp, support), _safe_div(tn, tn + fp)
+    f1 = _undefined_as_nan(2 * tp, 2 * tp + fp + fn)
     auc_c = _defined_auc(multiclass_auroc(probs, targets, num_classes=c, average=None), F.one_hot(targets, c))
     return {
         "auc": auc_c.nanmean(),
-        "bacc": sens.mean(),
-        "f1": f1.mean(),
+        "bacc": sens.nanmean(),
+        "f1": f1.nanmean(),
         "auc_c": auc_c,
         "sens_c": sens,
         "spec_c": spec,
@@ -81,7 +95,8 @@ def multilabel_metrics(
     """Multi-label standard protocol (ChestX-ray14). probs, targets: (N, C); thresholds (C,) default 0.5.
 
     Returns auc (mean of per-finding AUCs, the headline), f1 (mean of per-finding F1 at the thresholds) and the
-    per-finding tensors auc_c, f1_c, sens_c, spec_c, thresholds.
+    per-finding tensors auc_c, f1_c, sens_c, spec_c, thresholds. A finding without positives has no AUC or recall
+    (NaN), and no F1 unless it was predicted; the means leave undefined values out.
     """
     probs, targets = probs.float(), targets.float()
     c = probs.shape[1]
@@ -91,9 +106,9 @@ def multilabel_metrics(
     tp, fp = (pred * targets).sum(0), (pred * (1 - targets)).sum(0)
     fn, tn = ((1 - pred) * targets).sum(0), ((1 - pred) * (1 - targets)).sum(0)
     auc_c = _defined_auc(multilabel_auroc(probs, targets.int(), num_labels=c, average=None), targets)
-    f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
-    sens, spec = _safe_div(tp, tp + fn), _safe_div(tn, tn + fp)
-    return {"auc": auc_c.nanmean(), "f1": f1.mean(), "auc_c": auc_c, "f1_c": f1, "sens_c": sens, "spec_c": spec,
+    f1 = _undefined_as_nan(2 * tp, 2 * tp + fp + fn)
+    sens, spec = _undefined_as_nan(tp, tp + fn), _safe_div(tn, tn + fp)
+    return {"auc": auc_c.nanmean(), "f1": f1.nanmean(), "auc_c": auc_c, "f1_c": f1, "sens_c": sens, "spec_c": spec,
             "thresholds": thr}  # fmt: skip
 
 
@@ -108,6 +123,7 @@ def srcmt_metrics(
     """SRC-MT protocol: per class one-vs-rest, binarised at p >= threshold; unweighted means over classes.
 
     probs: (N, C); targets: (N,) class indices, or (N, C) 0/1 for multi-label. Returns auc, acc, sens, spec, f1.
+    A class absent from the targets is left out of the sensitivity mean (and of F1's when it was never predicted).
     """
     probs, c = probs.float(), probs.shape[1]
     onehot = targets.long() if targets.ndim == 2 else torch.nn.functional.one_hot(targets.long(), c)
@@ -118,9 +134,9 @@ def srcmt_metrics(
     return {
         "auc": auc.nanmean(),
         "acc": ((tp + tn) / (tp + tn + fp + fn)).mean(),
-        "sens": _safe_div(tp, tp + fn).mean(),
-        "spec": _safe_div(tn, tn + fp).mean(),
-        "f1": _safe_div(2 * tp, 2 * tp + fp + fn).mean(),
+        "sens": _undefined_as_nan(tp, tp + fn).nanmean(),
+        "spec": _undefined_as_nan(tn, tn + fp).nanmean(),
+        "f1": _undefined_as_nan(2 * tp, 2 * tp + fp + fn).nanmean(),
     }
 
 
@@ -149,7 +165,12 @@ def format_report(
              f"{'class':<{w}}{'n':>6}{'AUC':>8}{'sens':>8}{'spec':>8}{'F1':>8}"]  # fmt: skip
     for i, name in enumerate(classes):
         cells = "".join(f"{100 * s[k][i]:>8.2f}" for k in ("auc_c", "sens_c", "spec_c", "f1_c"))
-        lines.append(f"{name:<{w}}{int(support[i]):>6}" + cells)
+        lines.append(f"{name:<{w}}{int(support[i]):>6}" + cells.replace("nan", "  -"))
+    absent = absent_classes(targets, len(classes))
+    if absent:
+        names = ", ".join(classes[i] for i in absent)
+        lines.append(f"warning: no {names} in these targets: left out of every mean over classes (AUC, balanced "
+                     "accuracy, recall; F1 where never predicted), as scikit-learn does")  # fmt: skip
     if not multi:
         lines.append("confusion (rows truth, columns prediction): " + " ".join(classes))
         lines += [

@@ -14,6 +14,21 @@ from .metrics import classification_metrics
 from .model import Student
 
 
+def set_teacher_mode(teacher: torch.nn.Module, bn: str) -> None:
+    """The teacher's mode for a training step; its forward never writes a buffer (they are the EMA's alone).
+
+    bn="ema": eval mode, BatchNorm normalises with the running statistics, i.e. the EMA of the student's.
+    bn="batch": BatchNorm normalises with the batch's own statistics (as Mean Teacher's reference code runs its EMA
+    model) without tracking them; dropout and the rest stay in eval mode. Validation and inference always use
+    eval mode (the EMA statistics).
+    """
+    teacher.eval()
+    for m in teacher.modules():
+        if bn == "batch" and isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.train()
+            m.track_running_stats = False  # train mode then reads batch statistics and writes no buffer
+
+
 class SSLModule(L.LightningModule):
     """Trains `student` with `method`; the teacher is the student's EMA and is what `forward` runs."""
 
@@ -33,11 +48,15 @@ class SSLModule(L.LightningModule):
         channels_last: bool = False,
         task: str = "single",
         optimizer: str = "adam",
+        teacher_bn: str = "ema",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student", "method"])
         self.student, self.method, self.classes, self.task = student, method, tuple(classes), task
         self.teacher = copy.deepcopy(student).requires_grad_(False)
+        if teacher_bn not in ("ema", "batch"):
+            raise ValueError(f"teacher_bn must be ema or batch; got '{teacher_bn}'")
+        self.teacher_bn = teacher_bn
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.student.to(memory_format=torch.channels_last)
@@ -46,19 +65,20 @@ class SSLModule(L.LightningModule):
         self.val_targets = CatMetric()
         self._reset_pl_stats()
 
-    def train(self, mode: bool = True) -> SSLModule:
-        super().train(mode)
-        self.teacher.eval()  # the teacher uses its EMA BatchNorm statistics, also while the student trains
-        return self
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # Here, not in train(): Lightning never calls module.train() during fit and restores every submodule's
+        # flag after validation, so a mode set once would not hold (the teacher would run BatchNorm in train mode).
+        set_teacher_mode(self.teacher, self.teacher_bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher probabilities (N, C) for images x (N, 3, H, W)."""
         return probabilities(self.teacher(x.to(memory_format=self.memory_format))[0], self.task)
 
     def _batch(self, batch: dict) -> SSLBatch:
-        x1, x2, y = batch["labeled"]
+        *views, y = batch["labeled"]  # one or two weak views (SSLMethod.labeled_views), then the labels
         fmt = self.memory_format
-        b = SSLBatch(x1.to(memory_format=fmt), x2.to(memory_format=fmt), y)
+        x2 = views[1].to(memory_format=fmt) if len(views) == 2 else None
+        b = SSLBatch(views[0].to(memory_format=fmt), x2, y)
         if "unlabeled" in batch:
             uw, us, hidden, index = batch["unlabeled"]
             b.u_weak, b.u_student = uw.to(memory_format=fmt), us.to(memory_format=fmt)
@@ -101,21 +121,25 @@ class SSLModule(L.LightningModule):
             self.pl_stats[1:] += torch.stack([positive, positive & truth, negative, truth, negative & truth]).sum(1)
 
     def on_train_epoch_end(self) -> None:
-        """Per class: threshold, acceptance rate (single-label: among samples predicted c; multi-label: positive
-        pseudo-labels per unlabeled sample) and precision of the accepted (positive) pseudo-labels. Multi-label also:
-        negative pseudo-labels per unlabeled sample, and the share of the finding's (hidden) positives that were
-        given a negative one (`neg_missed`: a rare finding the teacher has not learned is pushed to 0 here)."""
+        """Per class: (positive) threshold, acceptance rate (single-label: among samples predicted c; multi-label:
+        positive pseudo-labels per unlabeled sample) and precision of the accepted (positive) pseudo-labels.
+        Multi-label also: the negative threshold, negative pseudo-labels per unlabeled sample, and the share of the
+        finding's (hidden) positives that were given a negative one (`neg_missed`: a rare finding the teacher has
+        not learned is pushed to 0 here)."""
         if self.last_thresholds is not None:
             candidates, accepted, correct, negatives, positives, missed = self.pl_stats
 
             def ratio(a: torch.Tensor, b: torch.Tensor, empty: float = float("nan")) -> float:
                 return (a / b).item() if b else empty
 
+            t = self.last_thresholds  # (C,); multi-label (2, C): negative, positive
+            positive = t if self.task == "single" else t[1]
             for i, name in enumerate(self.classes):
-                self.log(f"threshold/{name}", self.last_thresholds[i].item())
+                self.log(f"threshold/{name}", positive[i].item())
                 self.log(f"accept_rate/{name}", ratio(accepted[i], candidates[i], 0.0))
                 self.log(f"pl_precision/{name}", ratio(correct[i], accepted[i]))
                 if self.task == "multi":
+                    self.log(f"neg_threshold/{name}", t[0, i].item())
                     self.log(f"neg_rate/{name}", ratio(negatives[i], candidates[i], 0.0))
                     self.log(f"neg_missed/{name}", ratio(missed[i], positives[i]))
         self._reset_pl_stats()

@@ -22,7 +22,7 @@ def plot_training(run_dir: str | Path) -> Path | None:
     if not logs:
         return None
     df = pd.concat([pd.read_csv(p) for p in logs], ignore_index=True)
-    names = ("threshold", "accept_rate", "pl_precision", "neg_rate", "neg_missed")
+    names = ("threshold", "accept_rate", "pl_precision", "neg_threshold", "neg_rate", "neg_missed")
     panels = [p for p in names if any(c.startswith(p + "/") for c in df)]
     if not panels:
         return None

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from .config import Config, config_from_dict, save_config, to_dict
+from .config import Config, config_from_dict, rampup_epochs, save_config, to_dict
 from .data.datamodule import EvalImages, SSLDataModule
 from .data.readers import IMAGE_EXTENSIONS, DataError, cached_images, read_labels, resolve_images
 from .data.sources import PreparedData, prepare_data
@@ -51,7 +51,7 @@ def build_system(
         lambda_mt=m.lambda_mt,
         lambda_sde=m.lambda_sde,
         lambda_pl=m.lambda_pl,
-        rampup_epochs=m.rampup_epochs,
+        rampup_epochs=rampup_epochs(cfg),
         sde_temperature=m.sde_temperature,
         tau=m.tau,
         tau_min=m.tau_min,
@@ -83,6 +83,7 @@ def build_system(
         t.channels_last,
         task,
         t.optimizer,
+        m.teacher_bn,
     )
     module.weights_source = source
     return module
@@ -131,6 +132,7 @@ def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (
         strong,
         cfg.train.seed,
         cfg.data.labeled_balance,
+        recipe.labeled_views,
     )
     prior = class_prior(torch.as_tensor(data.targets[data.parts["labeled"]]), len(data.classes), data.task)
     module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), dm.steps_per_epoch, data.task, prior)

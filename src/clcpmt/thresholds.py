@@ -3,6 +3,9 @@
 A rule's state lives in `register_buffer`s (so checkpoints and `.to()` carry it). The method calls, in this order:
 `rule.update(probs, index)` with the batch's pseudo-labelling probabilities, then `rule.thresholds(epoch)`, then
 `select_pseudo_labels(probs, thresholds)`. Updates use the batch only (O(B_U)) and all-reduce across processes.
+
+Thresholds are (C,) for single-label (keep argmax c when max p >= T(c)) and (2, C) for multi-label: per finding a
+negative threshold (negative pseudo-label when p <= it) and a positive one (positive when p >= it).
 """
 
 from __future__ import annotations
@@ -32,21 +35,33 @@ def freematch_thresholds(global_conf: torch.Tensor, class_probs: torch.Tensor) -
     return class_probs / class_probs.max() * global_conf
 
 
+def binary_thresholds(t_negative: torch.Tensor, t_positive: torch.Tensor) -> torch.Tensor:
+    """A rule for each finding's two-class problem {negative, positive} as (2, C) thresholds on p.
+
+    In the two-class problem the pseudo-label is p rounded and its confidence max(p, 1 - p); keeping the label when
+    its confidence reaches the class's threshold T-(c) or T+(c) (on confidence, in [0, 1]) means: negative when
+    p <= min(1 - T-(c), 0.5), positive when p >= max(T+(c), 0.5). So a positive is never given below 0.5, nor a
+    negative above it, whatever the thresholds.
+    """
+    return torch.stack([(1.0 - t_negative).clamp(max=0.5), t_positive.clamp(min=0.5)])
+
+
 def select_pseudo_labels(
-    probs: torch.Tensor, thresholds: torch.Tensor, task: str = "single", negative_threshold: float = 0.05
+    probs: torch.Tensor, thresholds: torch.Tensor, task: str = "single"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pseudo-labels and the keep-mask.
 
-    Single-label: pseudo = argmax p (B,), kept when max p >= T(pseudo). Multi-label: per finding, positive when
-    p >= T(c), negative when p <= negative_threshold (never when it is 0); mask (B, C) marks both.
+    Single-label: thresholds (C,); pseudo = argmax p (B,), kept when max p >= T(pseudo). Multi-label: thresholds
+    (2, C) (negative, positive); per finding positive when p >= T+(c), else negative when p <= T-(c) (never when
+    T-(c) is 0: a sigmoid can round to exactly 0); pseudo and mask are (B, C).
     """
     if task == "single":
         conf, pseudo = probs.max(dim=1)
         return pseudo, conf >= thresholds[pseudo]
-    positive = probs >= thresholds[None, :]
-    if negative_threshold <= 0:  # tau_negative = 1: positives only (a sigmoid can still round to exactly 0)
-        return positive.float(), positive
-    return positive.float(), positive | (probs <= negative_threshold)
+    negative_t, positive_t = thresholds[0][None, :], thresholds[1][None, :]
+    positive = probs >= positive_t
+    negative = (probs <= negative_t) & (negative_t > 0) & ~positive
+    return positive.float(), positive | negative
 
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -64,18 +79,27 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
-class FixedThreshold(nn.Module):
-    """FixMatch: the same threshold tau for every class, no state."""
+def with_negative(positive: torch.Tensor, task: str, tau_negative: float) -> torch.Tensor:
+    """Single-label: positive (C,) as is. Multi-label: (2, C) with the fixed negative threshold 1 - tau_negative
+    (SPEC §3.4's T-; tau_negative = 1: no negatives)."""
+    if task == "single":
+        return positive
+    return torch.stack([torch.full_like(positive, 1.0 - tau_negative), positive])
 
-    def __init__(self, num_classes: int, tau: float = 0.95) -> None:
+
+class FixedThreshold(nn.Module):
+    """FixMatch: the same threshold tau for every class, no state. Multi-label: positive when p >= tau, negative when
+    p <= 1 - tau_negative."""
+
+    def __init__(self, num_classes: int, tau: float = 0.95, task: str = "single", tau_negative: float = 0.95) -> None:
         super().__init__()
-        self.num_classes, self.tau = num_classes, tau
+        self.num_classes, self.tau, self.task, self.tau_negative = num_classes, tau, task, tau_negative
 
     def update(self, probs: torch.Tensor, index: torch.Tensor) -> None:
         """Nothing to track."""
 
     def thresholds(self, epoch: float) -> torch.Tensor:
-        return torch.full((self.num_classes,), self.tau)
+        return with_negative(torch.full((self.num_classes,), self.tau), self.task, self.tau_negative)
 
 
 class ConfidenceStatus(nn.Module):
@@ -112,8 +136,9 @@ class CountStatus(nn.Module):
     """FlexMatch's curriculum: sigma(c) = #unlabeled samples whose latest confident (q >= tau) prediction is c.
 
     Multi-label: per finding, the latest confident state (positive p >= tau, negative p <= 1 - tau); sigma(c) counts
-    the samples whose latest state for c is positive. The table and the counts are kept incrementally (O(B_U) a
-    step). Samples never confident enter the max of the normalisation (FlexMatch's threshold warm-up).
+    the samples whose latest state for c is positive, `negatives` those whose latest state is negative. The table and
+    the counts are kept incrementally (O(B_U) a step). Samples never confident enter the max of the normalisation
+    (FlexMatch's threshold warm-up).
     """
 
     def __init__(self, num_classes: int, num_unlabeled: int, tau: float = 0.95, task: str = "single") -> None:
@@ -123,6 +148,8 @@ class CountStatus(nn.Module):
         self.register_buffer("table", torch.full(shape, -1, dtype=torch.long))
         self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.long))
         self.register_buffer("unused", torch.tensor(num_unlabeled, dtype=torch.long))
+        if task == "multi":
+            self.register_buffer("negatives", torch.zeros(num_classes, dtype=torch.long))
 
     def _positives(self, rows: torch.Tensor) -> torch.Tensor:
         """(C,) positive counts of table rows: (K,) class ids or (K, C) states."""
@@ -147,6 +174,8 @@ class CountStatus(nn.Module):
         new = torch.where(new >= 0, new, old)  # unconfident: keep the latest confident state
         was_unused, is_unused = old.reshape(len(uniq), -1).lt(0).all(1), new.reshape(len(uniq), -1).lt(0).all(1)
         self.counts += self._positives(new) - self._positives(old)
+        if self.task == "multi":
+            self.negatives += (new == 0).sum(0) - (old == 0).sum(0)
         self.unused -= (was_unused & ~is_unused).sum()
         self.table[uniq] = new
 
@@ -154,9 +183,20 @@ class CountStatus(nn.Module):
         counts = self.counts.float()
         return counts / torch.maximum(counts.max(), self.unused.float()).clamp_min(1.0)
 
+    def binary_beta(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Multi-label, each finding a two-class problem: (beta-, beta+) (C,) each, FlexMatch's normalisation within
+        the finding, its never-confident samples included: sigma(k) / max(sigma-, sigma+, unused)."""
+        pos, neg = self.counts.float(), self.negatives.float()
+        unused = len(self.table) - pos - neg  # (C,) samples never confident about this finding
+        norm = torch.maximum(torch.maximum(pos, neg), unused).clamp_min(1.0)
+        return neg / norm, pos / norm
+
 
 class CAPRThreshold(nn.Module):
-    """CAPR (SPEC §3.4): thresholds held at tau for `warmup_epochs`, then clip(tau·M(beta), tau_min, tau)."""
+    """CAPR (SPEC §3.4): thresholds held at tau for `warmup_epochs`, then clip(tau·M(beta), tau_min, tau).
+
+    Multi-label: these are the positive thresholds; the negative one is fixed at 1 - tau_negative.
+    """
 
     def __init__(
         self,
@@ -168,9 +208,11 @@ class CAPRThreshold(nn.Module):
         warmup_epochs: float = 5.0,
         status: str = "confidence",
         task: str = "single",
+        tau_negative: float = 0.95,
     ) -> None:
         super().__init__()
         self.tau, self.tau_min, self.warmup_epochs = tau, tau_min, warmup_epochs
+        self.task, self.tau_negative = task, tau_negative
         if status == "confidence":
             self.status: nn.Module = ConfidenceStatus(num_classes, momentum, task)
         else:
@@ -181,37 +223,54 @@ class CAPRThreshold(nn.Module):
 
     def thresholds(self, epoch: float) -> torch.Tensor:
         beta = self.status.beta()
-        if epoch < self.warmup_epochs:
-            return torch.full_like(beta, self.tau)
-        return capr_thresholds(beta, self.tau, self.tau_min)
+        positive = (
+            torch.full_like(beta, self.tau)
+            if epoch < self.warmup_epochs
+            else capr_thresholds(beta, self.tau, self.tau_min)
+        )
+        return with_negative(positive, self.task, self.tau_negative)
 
 
 class FlexMatchThreshold(nn.Module):
-    """FlexMatch: tau · M(beta) with the count status; starts at 0 (every pseudo-label accepted at step 0)."""
+    """FlexMatch: tau · M(beta) with the count status; starts at 0 (every pseudo-label accepted at step 0).
+
+    Multi-label: FlexMatch on each finding's two-class problem (`CountStatus.binary_beta`, `binary_thresholds`): the
+    pseudo-label is p rounded, kept when max(p, 1 - p) >= tau · M(beta) of its class. While most of the set has
+    never been confident about the finding, both thresholds sit at their floor: positive p >= 0.5, negative p < 0.5.
+    """
 
     def __init__(self, num_classes: int, num_unlabeled: int, tau: float = 0.95, task: str = "single") -> None:
         super().__init__()
-        self.tau = tau
+        self.tau, self.task = tau, task
         self.status = CountStatus(num_classes, num_unlabeled, tau, task)
 
     def update(self, probs: torch.Tensor, index: torch.Tensor) -> None:
         self.status.update(probs, index)
 
     def thresholds(self, epoch: float) -> torch.Tensor:
-        return flexmatch_thresholds(self.status.beta(), self.tau)
+        if self.task == "single":
+            return flexmatch_thresholds(self.status.beta(), self.tau)
+        beta_negative, beta_positive = self.status.binary_beta()
+        return binary_thresholds(
+            flexmatch_thresholds(beta_negative, self.tau), flexmatch_thresholds(beta_positive, self.tau)
+        )
 
 
 class FreeMatchThreshold(nn.Module):
     """FreeMatch's self-adaptive thresholds: EMA of the global max confidence times the max-normalised EMA of p.
 
-    Multi-label: the confidence of a (sample, finding) pair is max(p, 1 - p), averaged over pairs.
+    Single-label: global confidence and class probabilities start at 1/C. Multi-label: FreeMatch on each finding's
+    two-class problem: the global confidence is the EMA of max(p, 1 - p) over all (sample, finding) pairs and starts
+    at 1/2, the two-class probabilities of finding c are (1 - p~(c), p~(c)) with p~(c) the EMA of p_c (from 1/2), and
+    `binary_thresholds` turns T-(c), T+(c) into thresholds on p.
     """
 
     def __init__(self, num_classes: int, momentum: float = 0.999, task: str = "single") -> None:
         super().__init__()
         self.momentum, self.task = momentum, task
-        self.register_buffer("global_conf", torch.tensor(1.0 / num_classes))
-        self.register_buffer("class_probs", torch.full((num_classes,), 1.0 / num_classes))
+        start = 1.0 / num_classes if task == "single" else 0.5
+        self.register_buffer("global_conf", torch.tensor(start))
+        self.register_buffer("class_probs", torch.full((num_classes,), start))
         # EMA of the argmax histogram, for the fairness term (losses.fairness_loss; single-label only)
         self.register_buffer("class_hist", torch.full((num_classes,), 1.0 / num_classes))
 
@@ -227,4 +286,8 @@ class FreeMatchThreshold(nn.Module):
         self.class_hist.mul_(m).add_((1 - m) * stats[c + 1 : 2 * c + 1] / stats[-1])
 
     def thresholds(self, epoch: float) -> torch.Tensor:
-        return freematch_thresholds(self.global_conf, self.class_probs)
+        if self.task == "single":
+            return freematch_thresholds(self.global_conf, self.class_probs)
+        two_class = torch.stack([1.0 - self.class_probs, self.class_probs])  # (2, C): negative, positive
+        t = two_class / two_class.max(dim=0).values * self.global_conf  # MaxNorm within each finding
+        return binary_thresholds(t[0], t[1])

@@ -21,19 +21,20 @@ def _tensor(img: np.ndarray) -> torch.Tensor:
 
 
 class LabeledViews(Dataset):
-    """Two weak views of each labeled image and its label."""
+    """Weak views (two, or one for methods that train on one) of each labeled image and its label."""
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, index: np.ndarray, size: int) -> None:
+    def __init__(self, images: np.ndarray, targets: np.ndarray, index: np.ndarray, size: int, views: int = 2) -> None:
         self.images, self.targets, self.index, self.weak = images, targets, index, weak_transform(size)
+        self.views = views
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, ...]:
         i, seed = item
         img = _tensor(self.images[self.index[i]])
-        x1, x2 = _seeded(seed, lambda: (self.weak(img), self.weak(img)))
-        return x1, x2, torch.as_tensor(self.targets[self.index[i]])
+        views = _seeded(seed, lambda: tuple(self.weak(img) for _ in range(self.views)))
+        return *views, torch.as_tensor(self.targets[self.index[i]])
 
 
 class UnlabeledViews(Dataset):
@@ -143,9 +144,10 @@ class SSLDataModule(L.LightningDataModule):
         strong: bool = True,
         seed: int = 0,
         labeled_balance: float = 0.0,
+        labeled_views: int = 2,
     ) -> None:
         super().__init__()
-        self.labeled_balance = labeled_balance
+        self.labeled_balance, self.labeled_views = labeled_balance, labeled_views
         self.data, self.image_size = data, image_size
         self.batch_labeled, self.batch_unlabeled = batch_labeled, batch_unlabeled
         self.num_workers, self.use_unlabeled, self.strong, self.seed = num_workers, use_unlabeled, strong, seed
@@ -175,7 +177,10 @@ class SSLDataModule(L.LightningDataModule):
         weights = balance_weights(d.targets[labeled], self.labeled_balance) if self.labeled_balance > 0 else None
         loaders = {
             "labeled": self._loader(
-                LabeledViews(d.images, d.targets, labeled, size), self.batch_labeled, workers, weights
+                LabeledViews(d.images, d.targets, labeled, size, self.labeled_views),
+                self.batch_labeled,
+                workers,
+                weights,
             )
         }
         if self.use_unlabeled:
