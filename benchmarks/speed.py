@@ -1,66 +1,203 @@
-"""Training-step throughput of a method on this machine: fp32 vs bf16 autocast, with and without channels_last.
+"""Where a training step's time goes, per method, measured side by side in one run on this machine.
 
-    python benchmarks/speed.py --backbone resnet18 --size 64 --method mean_teacher --steps 15
+    python benchmarks/speed.py --size 64 --steps 30          # HAM10000 from ../shared/data (synthetic if absent)
+    python benchmarks/speed.py --size 32 --backbone resnet10t --methods clcp_mt,fixmatch --data.num_workers=0
 
-Times the method's step + backward + optimiser step + EMA update on fixed random batches of SPEC's shape
-(B_L = 12 labeled, B_U = 36 unlabeled); data loading is not included. Prints a Markdown table.
+For each method, three times per step, each the median of `--repeats` blocks of `--steps` steps after warm-up:
+- bare: only the compute the method needs: one student forward + backward on exactly the views the method uses
+  (`SSLMethod.views`), one teacher forward under no_grad, the optimiser step and the EMA update (a trivial loss);
+- method: the same, on the same fixed batch, with the method's own loss (`SSLMethod.step`);
+- whole: a real Lightning fit of the system `clcpmt train` builds, on the real data path: the image cache, the
+  DataLoaders with `--workers` processes, collation, transfer, the batched views, logging (time between consecutive
+  batch ends); "data share" is the part of it between a batch's end and the next one's start (loading, transfer,
+  views).
+Prints a Markdown table with whole/bare and method/bare. On a GPU (`--accelerator gpu`) every timed step ends with a
+CUDA synchronisation. Run it with nothing else running: two compute jobs on two cores slow each other far more than
+twice.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import statistics
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 
+from clcpmt.cli import resolve_config
+from clcpmt.config import Config, load_config
+from clcpmt.data.datamodule import SSLDataModule
+from clcpmt.data.sources import PreparedData, prepare_data
 from clcpmt.losses import ema_update
-from clcpmt.methods import Progress, SSLBatch, build_method
-from clcpmt.model import create_student
+from clcpmt.methods import METHODS, Progress, SSLBatch
+from clcpmt.module import SSLModule, set_teacher_mode
+from clcpmt.runner import build_system, student_sees_strong
+
+METHOD_NAMES = "supervised,mean_teacher,clcp_mt,fixmatch,flexmatch,freematch"
 
 
-def steps_per_second(backbone: str, size: int, method: str, steps: int, bf16: bool, channels_last: bool) -> float:
-    torch.manual_seed(0)
-    student, _ = create_student(backbone, num_classes=7)
-    teacher, _ = create_student(backbone, num_classes=7)
-    teacher.load_state_dict(student.state_dict())
-    teacher.requires_grad_(False).eval()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    student, teacher = student.to(memory_format=fmt), teacher.to(memory_format=fmt)
-    rule = build_method(method, 7, num_unlabeled=1000)
-    opt = torch.optim.Adam(student.parameters(), lr=1e-4)
+def cpu_name() -> str:
+    """The CPU's model name and the vector extensions that decide its speed here (AVX-512, AVX512-BF16, AMX)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    ext = [e for e, f in (("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_tile")) if f in flags]
+    ext = ext or (["AVX2 only"] if "avx2" in flags else [])
+    return f"{name or platform.processor() or platform.machine()} ({', '.join(ext) or 'no AVX2'})"
+
+
+def fixed_batch(module: SSLModule, n_l: int, n_u: int, size: int, device: torch.device) -> SSLBatch:
+    """Random images of a real batch's shapes (what the step costs does not depend on the pixels)."""
+    g = torch.Generator().manual_seed(0)
+    c = len(module.classes)
 
     def img(n: int) -> torch.Tensor:
-        return torch.randn(n, 3, size, size).to(memory_format=fmt)
+        return torch.randn(n, 3, size, size, generator=g).to(device, memory_format=module.memory_format)
 
-    batch = SSLBatch(img(12), img(12), torch.randint(0, 7, (12,)), img(36), img(36), torch.arange(36),
-                     torch.randint(0, 7, (36,)))  # fmt: skip
-    for i in range(steps + 3):  # 3 warm-up steps
-        if i == 3:
-            start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = rule.step(batch, student, teacher, Progress(i, 10.0))
-        opt.zero_grad()
-        out.loss.backward()
+    def label(n: int) -> torch.Tensor:
+        return torch.randint(0, c, (n,), generator=g).to(device)
+
+    two = module.method.labeled_views == 2
+    return SSLBatch(img(n_l), img(n_l) if two else None, label(n_l), img(n_u), img(n_u), torch.arange(n_u).to(device),
+                    label(n_u))  # fmt: skip
+
+
+def time_loop(step: Callable[[], None], warmup: int, steps: int, repeats: int) -> float:
+    """Median seconds per step over `repeats` blocks of `steps` steps, after `warmup` steps."""
+    for _ in range(warmup):
+        step()
+    blocks = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        blocks.append((time.perf_counter() - start) / steps)
+    return statistics.median(blocks)
+
+
+def in_loop_seconds(module: SSLModule, b: SSLBatch, bare: bool, args: argparse.Namespace) -> float:
+    """Seconds per step of the bare compute (bare=True) or of the method's step, on the fixed batch b."""
+    student, teacher, method = module.student, module.teacher, module.method
+    opt = torch.optim.Adam(student.parameters(), lr=1e-4, weight_decay=5e-4)
+    student.train()
+    set_teacher_mode(teacher, "ema")
+    counter = iter(range(10**9))
+
+    def step() -> None:
+        i = next(counter)
+        if bare:
+            student_views, teacher_views = method.views(b)
+            logits, z = student(torch.cat(student_views))
+            if teacher_views:
+                with torch.no_grad():
+                    teacher(torch.cat(teacher_views))
+            loss = logits.float().mean() + (z.mean() if method.recipe.contrastive else 0.0)
+        else:
+            loss = method.step(b, student, teacher, Progress(i, 50.0)).loss  # a late epoch: every term active
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
         opt.step()
         ema_update(teacher, student, 0.99, i)
-    return steps / (time.perf_counter() - start)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    return time_loop(step, args.warmup, args.steps, args.repeats)
+
+
+class BatchClock(Callback):
+    """Times of each training batch's start (after loading, transfer and views) and end."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+
+    def on_train_batch_start(self, *args: object) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_batch_end(self, *args: object) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.ends.append(time.perf_counter())
+
+
+def whole_seconds(cfg: Config, data: PreparedData, args: argparse.Namespace) -> tuple[float, float]:
+    """Seconds per step of a real Lightning fit on the real data path (no validation, no checkpoint), and the share
+    of that time between one batch's end and the next one's start (waiting for data, transfer, making the views)."""
+    recipe = METHODS[cfg.method.name]
+    total = args.warmup + args.steps * args.repeats
+    dm = SSLDataModule(data, cfg.data.batch_labeled, cfg.data.batch_unlabeled, total, cfg.data.num_workers,
+                       recipe.unlabeled, student_sees_strong(cfg.method.name, "default"), 0, 0.0,
+                       recipe.labeled_views)  # fmt: skip
+    module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), total, data.task)
+    clock = BatchClock()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = L.Trainer(max_steps=total, limit_val_batches=0, num_sanity_val_steps=0, devices=1,
+                            accelerator=cfg.train.accelerator, precision=cfg.train.precision, callbacks=[clock],
+                            default_root_dir=tmp, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, log_every_n_steps=10,
+                            logger=L.pytorch.loggers.CSVLogger(tmp))  # fmt: skip
+        trainer.fit(module, datamodule=dm)
+    w, n = args.warmup, args.steps
+    blocks = [(clock.ends[w - 1 + (k + 1) * n] - clock.ends[w - 1 + k * n]) / n for k in range(args.repeats)]
+    waits = [clock.starts[i] - clock.ends[i - 1] for i in range(w, total)]
+    return statistics.median(blocks), sum(waits) / (clock.ends[-1] - clock.ends[w - 1])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="isic2018_cpu", help="base training config (data paths, batch, workers)")
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--size", type=int, default=64)
-    p.add_argument("--method", default="mean_teacher")
-    p.add_argument("--steps", type=int, default=15)
-    a = p.parse_args()
-    print(f"{a.method}, {a.backbone} at {a.size} px, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}")  # fmt: skip
-    print("| precision | channels_last | steps/s |\n|---|---|---|")
-    for bf16 in (False, True):
-        for cl in (False, True):
-            rate = steps_per_second(a.backbone, a.size, a.method, a.steps, bf16, cl)
-            print(f"| {'bf16 autocast' if bf16 else 'fp32'} | {cl} | {rate:.2f} |")
+    p.add_argument("--methods", default=METHOD_NAMES)
+    p.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: the config's data.num_workers)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--accelerator", default="cpu", help="cpu | gpu")
+    p.add_argument("--precision", default="", help="train.precision (default: the config's)")
+    p.add_argument("--channels-last", action="store_true", help="train.channels_last=true")
+    args, extra = p.parse_known_args()  # the rest: --section.key=value overrides of the config
+    args.overrides = extra
+    over = [f"--model.backbone={args.backbone}", f"--data.image_size={args.size}", "--train.progress_bar=false"]
+    over.append(f"--train.accelerator={args.accelerator}")
+    if args.workers >= 0:
+        over.append(f"--data.num_workers={args.workers}")
+    if args.precision:
+        over.append(f"--train.precision={args.precision}")
+    if args.channels_last:
+        over.append("--train.channels_last=true")
+    base = load_config(resolve_config(args.config), over + args.overrides)
+    if base.data.dataset == "folder" and not Path(base.data.images).is_dir():
+        print(f"{base.data.images} not found: timing on the synthetic data set instead")
+        base = load_config(None, over + ["--data.dataset=synthetic"] + args.overrides)
+    data = prepare_data(base.data)
+    L.seed_everything(0, verbose=False)
+    print(f"{args.backbone} at {args.size} px, B_L={base.data.batch_labeled} B_U={base.data.batch_unlabeled}, "
+          f"{base.train.precision}, channels_last={base.train.channels_last}, {base.data.num_workers} workers, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), {cpu_name()}, data {base.data.dataset}; "
+          f"median of {args.repeats} x {args.steps} steps after {args.warmup}")  # fmt: skip
+    print("\n| method | bare ms/step | method ms/step | whole ms/step | method / bare | whole / bare | data share |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.methods.split(","):
+        cfg = load_config(resolve_config(args.config), over + [f"--method.name={name}"] + args.overrides)
+        cfg = cfg if base.data.dataset == cfg.data.dataset else load_config(None, over + [
+            f"--method.name={name}", "--data.dataset=synthetic"] + args.overrides)  # fmt: skip
+        device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+        module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), 100, data.task).to(device)
+        b = fixed_batch(module, cfg.data.batch_labeled, cfg.data.batch_unlabeled, cfg.data.image_size, device)
+        dtype = torch.bfloat16 if cfg.train.precision.startswith("bf16") else torch.float16
+        with torch.autocast(device.type, dtype=dtype, enabled="mixed" in cfg.train.precision):
+            bare = in_loop_seconds(module, b, True, args)
+            step = in_loop_seconds(module, b, False, args)
+        whole, wait = whole_seconds(cfg, data, args)
+        print(f"| {name} | {1000 * bare:.0f} | {1000 * step:.0f} | {1000 * whole:.0f} | {step / bare:.3f} | "
+              f"{whole / bare:.3f} | {100 * wait:.0f} % |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

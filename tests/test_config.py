@@ -105,3 +105,25 @@ def test_teacher_bn_is_a_checked_choice():
     assert load_config(None, []).method.teacher_bn == "ema"
     with pytest.raises(ConfigError, match=r"method\.teacher_bn must be one of ema, batch; got 'train'"):
         load_config(None, ["--method.teacher_bn=train"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--data.labeled=1.5", r"data\.labeled must be a fraction in \(0, 1\] or a whole count .* got 1\.5"),
+        ("--data.labeled=0", r"data\.labeled must be .*got 0"),
+        ("--train.lr=-0.1", r"train\.lr must be > 0; got -0\.1"),
+        ("--data.batch_labeled=0", r"data\.batch_labeled must be >= 1; got 0"),
+        ("--data.batch_unlabeled=0", r"data\.batch_unlabeled must be >= 1; got 0"),
+        ("--train.steps_per_epoch=-5", r"train\.steps_per_epoch must be >= 0; got -5"),
+        ("--data.num_workers=-1", r"data\.num_workers must be >= 0; got -1"),
+    ],
+)
+def test_bad_numbers_stop_at_the_config_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_labeled_count_and_fraction_accepted():
+    assert load_config(None, ["--data.labeled=1.0"]).data.labeled == 1.0  # all labels
+    assert load_config(None, ["--data.labeled=250"]).data.labeled == 250  # a count of images

@@ -117,6 +117,7 @@ def test_auc_of_a_class_without_positives_is_left_out_of_the_mean():
     assert torch.isnan(m["auc_c"][1]) and m["auc"].item() == pytest.approx(1.0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: thresholds on the CPU, probabilities on it")
 def test_multilabel_metrics_with_cpu_thresholds_and_gpu_probabilities():
     probs, targets = torch.rand(20, 3, device="cuda"), (torch.rand(20, 3, device="cuda") > 0.5).float()

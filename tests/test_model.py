@@ -18,7 +18,7 @@ def test_local_weights_file_is_loaded_and_reported(tmp_path):
     path = tmp_path / "resnet18_imagenet.pth"
     torch.save(reference.state_dict(), path)
     student, source = create_student("resnet18", num_classes=7, pretrained=str(path))
-    assert source == f"weights from local file {path}"
+    assert source == f"weights from local file {path} (all 120 backbone tensors)"
     assert torch.equal(student.backbone.conv1.weight, reference.conv1.weight)
 
 
@@ -36,3 +36,16 @@ def test_any_timm_backbone_by_name():
     student, _ = create_student("mobilenetv3_small_050", num_classes=3)
     assert isinstance(student, Student)
     assert student(torch.randn(2, 3, 32, 32))[0].shape == (2, 3)
+
+
+@pytest.mark.parametrize("other", ["resnet10t", "mobilenetv3_small_050", "text", "renamed"])
+def test_weights_of_another_architecture_or_not_weights_stop_naming_the_file(tmp_path, other):
+    path = tmp_path / "weights.pth"
+    if other == "text":
+        path.write_text("not a weights file")
+    elif other == "renamed":  # resnet18's own tensors under other key names: nothing would load
+        torch.save({f"encoder.{k}": v for k, v in timm.create_model("resnet18").state_dict().items()}, path)
+    else:
+        torch.save(timm.create_model(other, num_classes=0).state_dict(), path)
+    with pytest.raises(ValueError, match=rf"model\.pretrained: {path}.*resnet18"):
+        create_student("resnet18", pretrained=str(path))

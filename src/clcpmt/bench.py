@@ -1,8 +1,8 @@
 """Benchmark grids: method × variant × labeled fraction × seed from one YAML file; resumable; a CSV and a table.
 
 Each run is a separate `clcpmt train` process (a crash or kill loses at most that run's current epoch); a run with
-a metrics.json is finished and skipped, a run with only a last.ckpt is resumed. `jobs` runs several at once (a
-machine with many cores and a GPU); its output goes to train.log in the run folder.
+a metrics.json is finished and skipped, a started run (config.yaml, no metrics.json) is resumed. `jobs` runs several
+at once (a machine with many cores and a GPU); its output goes to train.log in the run folder.
 
 A *variant* is a named list of overrides (e.g. `tau_min_0.8: [--method.tau_min=0.8]`) run beside the defaults:
 hyper-parameter studies are grids too, tabulated on the validation split (`table_split: validation`) because
@@ -84,7 +84,7 @@ def run_one(grid: Grid, method: str, labeled: float, seed: int, variant: str = "
     run_dir = Path(grid.out) / run_name(method, labeled, seed, variant)
     if not (run_dir / "metrics.json").is_file():
         cmd = [sys.executable, "-m", "clcpmt.cli", "train"]
-        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        if (run_dir / "config.yaml").is_file():  # started before: resume (from last.ckpt, or from scratch if none)
             cmd += ["--resume", str(run_dir)]
         else:
             cmd += [

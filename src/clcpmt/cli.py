@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .config import ConfigError, load_config, to_dict
+from .config import CheckpointError, ConfigError, TrainingError, load_config, to_dict
 from .data.readers import DataError
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
@@ -36,8 +36,15 @@ def resolve_config(name: str | None) -> Path | None:
 
 
 def _checkpoint(target: str, which: str) -> Path:
+    """The checkpoint of a run folder (best: the one its metrics.json was computed from) or the file given."""
     path = Path(target)
-    return path / "checkpoints" / f"{which}.ckpt" if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    metrics = path / "metrics.json"
+    if which == "best" and metrics.is_file():
+        named = Path(json.loads(metrics.read_text())["checkpoint"]).name  # the file name; the folder may have moved
+        return path / "checkpoints" / named
+    return path / "checkpoints" / f"{which}.ckpt"
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -49,6 +56,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
         if not config.is_file():
             raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a run folder?")
     cfg = load_config(config, overrides)
+    if args.resume:  # the folder given, wherever it is now: not the run_dir saved in its config.yaml
+        cfg = replace(cfg, run_dir=str(Path(args.resume)))
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return
@@ -84,8 +93,11 @@ def cmd_predict(args: argparse.Namespace, overrides: list[str]) -> None:
 
     if overrides:
         raise ConfigError(f"predict takes no config overrides; got {' '.join(overrides)}")
-    out = predict(_checkpoint(args.target, args.checkpoint), args.images, args.out, args.model)
+    out = predict(_checkpoint(args.target, args.checkpoint), args.images, args.out, args.model, args.overwrite)
     print(f"wrote {out}")
+
+
+DEMO_MARK = ".clcpmt-demo"
 
 
 def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -96,8 +108,15 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
     rows = []
     for method in ("mean_teacher", "clcp_mt"):
         cfg = replace(base, run_dir=str(Path(base.run_dir) / method), method=replace(base.method, name=method))
-        shutil.rmtree(cfg.run_dir, ignore_errors=True)  # the demo's own folder: always a fresh run
-        run_dir = train(cfg)
+        folder = Path(cfg.run_dir)
+        if folder.exists():  # a fresh run each time, but only over a folder an earlier demo made
+            if not (folder / DEMO_MARK).is_file():
+                raise FileExistsError(f"{folder} exists and was not made by `clcpmt demo`; it is left untouched. "
+                                      "Pass another --run_dir, or remove it yourself")  # fmt: skip
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        (folder / DEMO_MARK).write_text("made by clcpmt demo; the next demo replaces this folder\n")
+        run_dir = train(cfg, fresh_folder_ok=True)
         if run_dir is None:  # another process of a distributed run
             continue
         m = json.loads((run_dir / "metrics.json").read_text())["testing/teacher"]
@@ -151,6 +170,7 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="CSV to write: image,MEL,NV,...")
     pr.add_argument("--checkpoint", default="best", choices=("best", "last"))
     pr.add_argument("--model", default="teacher", choices=("teacher", "student"))
+    pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     pr.set_defaults(func=cmd_predict)
     b = sub.add_parser("bench", help="run a method x labeled x seed grid (resumable) and tabulate it")
     b.add_argument("grid", help="grid YAML file (see benchmarks/)")
@@ -167,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser().parse_known_args(argv)
     try:
         args.func(args, overrides)
-    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as e:
+    except (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -23,6 +23,17 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read; the message names it."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message names the step and the last good checkpoint.
+
+    The errors a user can act on live here, beside the config, so the CLI catches them without importing torch.
+    """
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"  # synthetic | synthetic_multilabel | folder | chestxray14 | medmnist
@@ -232,9 +243,10 @@ def validate(cfg: Config) -> None:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got '{value}'{hint}")
     _validate_method(cfg.method)
-    if cfg.data.labeled <= 0:
-        raise ConfigError(f"data.labeled must be a fraction in (0, 1) or a count >= 1; got {cfg.data.labeled}")
     d = cfg.data
+    if not (0 < d.labeled <= 1 or (d.labeled > 1 and float(d.labeled).is_integer())):
+        raise ConfigError(f"data.labeled must be a fraction in (0, 1] or a whole count of images > 1; got {d.labeled}")
+    _validate_numbers(cfg)
     if d.dataset == "folder" and not (d.images and d.labels):
         raise ConfigError("data.dataset=folder needs data.images (an image folder) and data.labels (a CSV)")
     if d.dataset == "chestxray14" and not (d.images and d.labels and (d.splits or (d.train_list and d.test_list))):
@@ -248,6 +260,22 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.synthetic_contrast must be > 0; got {d.synthetic_contrast}")
     if cfg.data.image_size < 8 or cfg.train.epochs < 1:
         raise ConfigError("data.image_size must be >= 8 and train.epochs >= 1")
+
+
+def _validate_numbers(cfg: Config) -> None:
+    """Sizes, counts and rates that must be positive (or >= 0), checked before anything is written."""
+    rules = {
+        "data.batch_labeled": (cfg.data.batch_labeled, 1),
+        "data.batch_unlabeled": (cfg.data.batch_unlabeled, 1),
+        "data.num_workers": (cfg.data.num_workers, 0),
+        "train.steps_per_epoch": (cfg.train.steps_per_epoch, 0),
+        "train.weight_decay": (cfg.train.weight_decay, 0),
+    }
+    for key, (value, low) in rules.items():
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}; got {value}")
+    if not cfg.train.lr > 0:
+        raise ConfigError(f"train.lr must be > 0; got {cfg.train.lr}")
 
 
 def rampup_epochs(cfg: Config) -> float:

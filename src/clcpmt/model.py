@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -30,6 +32,23 @@ class Student(nn.Module):
         return self.classifier(h), z
 
 
+def check_loaded(net: nn.Module, path: Path, backbone: str) -> None:
+    """Every tensor of the backbone (the classifier is not part of it) must have come from the file: a file of
+    another architecture or with other key names can otherwise load only some tensors, or none, and train from
+    random init under a log line that says "weights from local file"."""
+    from timm.models import load_state_dict
+
+    stored = load_state_dict(str(path), weights_only=False)  # timm's reader: unwraps "state_dict", EMA, "module."
+    state = net.state_dict()
+    missing = [k for k, v in state.items() if k not in stored or stored[k].shape != v.shape]
+    differ = [k for k, v in state.items() if k not in missing and not torch.equal(stored[k].to(v.dtype), v)]
+    if missing or differ:
+        bad = missing or differ
+        raise ConfigError(f"model.pretrained: {path} does not hold {backbone}'s backbone: {len(bad)} of {len(state)} "
+                         f"tensors {'missing or of another shape' if missing else 'not loaded'} "
+                         f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''})")  # fmt: skip
+
+
 def create_student(
     backbone: str = "resnet18",
     num_classes: int = 7,
@@ -37,12 +56,14 @@ def create_student(
     proj_dim: int = 128,
     drop_rate: float = 0.0,
     in_chans: int = 3,
+    quiet: bool = False,
 ) -> tuple[Student, str]:
     """Build the student from any timm model name.
 
     Args:
         pretrained: "none" (random init), "imagenet" (timm's weights, needs the network or a warm cache),
             or a path to a local weights file (.pth / .safetensors) for that architecture.
+        quiet: do not log the origin (a checkpoint's weights replace these at once; its loader says so).
 
     Returns:
         The student and a sentence saying where its backbone weights came from (log it; never fall back silently).
@@ -51,7 +72,7 @@ def create_student(
         import difflib
 
         close = difflib.get_close_matches(backbone, timm.list_models(), n=3)
-        raise ValueError(f"model.backbone: unknown timm model '{backbone}'; close matches: {', '.join(close) or '-'}")
+        raise ConfigError(f"model.backbone: unknown timm model '{backbone}'; close matches: {', '.join(close) or '-'}")
     kwargs = dict(num_classes=0, drop_rate=drop_rate, in_chans=in_chans)
     if pretrained == "none":
         net, source = timm.create_model(backbone, pretrained=False, **kwargs), "random init (model.pretrained=none)"
@@ -68,7 +89,13 @@ def create_student(
         path = Path(pretrained)
         if not path.is_file():
             raise FileNotFoundError(f"model.pretrained: weights file {path} does not exist")
-        net = timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
-        source = f"weights from local file {path}"
-    log.info("backbone %s: %s", backbone, source)
+        try:
+            net = timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        except Exception as e:  # timm raises RuntimeError, KeyError, pickle and safetensors errors for a bad file
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"model.pretrained: {path} is not a weights file for {backbone} ({first})") from None
+        check_loaded(net, path, backbone)
+        source = f"weights from local file {path} (all {len(net.state_dict())} backbone tensors)"
+    if not quiet:  # quiet: weights from a checkpoint follow, and the caller says so
+        log.info("backbone %s: %s", backbone, source)
     return Student(net, num_classes, proj_dim), source

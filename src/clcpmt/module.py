@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torchmetrics import CatMetric
 
+from .config import TrainingError
 from .losses import ema_update, probabilities
 from .methods import Progress, SSLBatch, SSLMethod
 from .metrics import classification_metrics
@@ -89,6 +90,8 @@ class SSLModule(L.LightningModule):
         b = self._batch(batch)
         progress = Progress(self.global_step, self.current_epoch + batch_idx / self.hparams.steps_per_epoch)
         out = self.method.step(b, self.student, self.teacher, progress)
+        if not torch.isfinite(out.loss):
+            self._stop_on_non_finite(out)
         self.log_dict(
             {f"train/{k}": v for k, v in out.logs.items()}, on_step=False, on_epoch=True, batch_size=b.x1.shape[0]
         )
@@ -96,6 +99,15 @@ class SSLModule(L.LightningModule):
             self.last_thresholds = out.thresholds.detach().cpu()
             self._accumulate_pl_stats(out, b.u_hidden)
         return out.loss
+
+    def _stop_on_non_finite(self, out: object) -> None:
+        terms = [k for k, v in out.logs.items() if k.startswith("loss/") and not torch.isfinite(v).all()]
+        last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
+        raise TrainingError(
+            f"step {self.global_step} (epoch {self.current_epoch}): the loss is {out.loss.item()} (not finite in "
+            f"{', '.join(terms) or 'the total'}); nothing of this step was applied. Last good checkpoint: "
+            f"{last or 'none yet'}. Lower train.lr, or look for broken images or labels"
+        )
 
     def on_train_batch_end(self, outputs: object, batch: dict, batch_idx: int) -> None:
         ema_update(self.teacher, self.student, self.hparams.ema_decay, self.global_step - 1)

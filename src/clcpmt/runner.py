@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -11,13 +13,24 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from .config import Config, config_from_dict, rampup_epochs, save_config, to_dict
+from .config import (
+    CheckpointError,
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    rampup_epochs,
+    save_config,
+    to_dict,
+)
 from .data.datamodule import EvalImages, SSLDataModule
-from .data.readers import IMAGE_EXTENSIONS, DataError, cached_images, read_labels, resolve_images
+from .data.readers import IMAGE_EXTENSIONS, DataError, cached_images, load_image, read_labels, resolve_images
 from .data.sources import PreparedData, prepare_data
 from .losses import class_prior, probabilities
 from .methods import METHODS, build_method
@@ -36,11 +49,13 @@ def build_system(
     steps_per_epoch: int,
     task: str = "single",
     prior: torch.Tensor | None = None,
+    quiet: bool = False,
 ) -> SSLModule:
     """Student (timm backbone) + method + Lightning system, as cfg says. prior: (C,) labeled prior (class_prior)
-    for method.class_balance; None when a checkpoint will supply it."""
+    for method.class_balance; None when a checkpoint will supply it. quiet: a checkpoint's weights follow (do not
+    log the initial weights' origin)."""
     student, source = create_student(
-        cfg.model.backbone, len(classes), cfg.model.pretrained, cfg.model.proj_dim, cfg.model.drop_rate
+        cfg.model.backbone, len(classes), cfg.model.pretrained, cfg.model.proj_dim, cfg.model.drop_rate, quiet=quiet
     )
     m = cfg.method
     method = build_method(
@@ -105,25 +120,56 @@ def student_sees_strong(method: str, student_view: str) -> bool:
     return student_view == "strong"
 
 
-def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = ()) -> Path | None:
+def writable_folder(folder: Path, key: str) -> None:
+    """Create `folder` if needed and check that a file can be written in it, before any long work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".clcpmt-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"{key} {folder} is not writable ({e}); choose a folder you can write") from None
+
+
+def check_run_folder(run_dir: Path, resume: bool, fresh_folder_ok: bool = False) -> None:
+    """A new run never writes into a folder that holds a run (its checkpoints, config or metrics would be mixed
+    with the new ones); a resumed one needs a folder with a run in it."""
+    held = [p.name for p in (run_dir / "checkpoints").glob("*.ckpt")] if run_dir.is_dir() else []
+    held += [n for n in ("config.yaml", "metrics.json") if (run_dir / n).is_file()]
+    if not resume and held and not fresh_folder_ok:
+        raise FileExistsError(f"{run_dir} already holds a run ({', '.join(sorted(held))}); pass --resume {run_dir} "
+                              "to continue it, or choose another run_dir")  # fmt: skip
+    if resume and not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: no run there (no config.yaml)")
+
+
+def train(
+    cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (), fresh_folder_ok: bool = False
+) -> Path | None:
     """Fit cfg's method, then evaluate the best checkpoint on validation and testing. Returns the run folder
-    (None in the other processes of a distributed run)."""
+    (None in the other processes of a distributed run). fresh_folder_ok: the caller made run_dir for this run."""
     run_dir = Path(cfg.run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
-    if not resume and last.exists():
-        raise FileExistsError(
-            f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or choose another run_dir"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:  # DDP's other processes start later, when process 0 has written the folder
+        check_run_folder(run_dir, resume, fresh_folder_ok)
+        clean_partial_checkpoints(run_dir / "checkpoints")
+    if resume:
+        cfg = resumed_config(cfg, last)
+    created = not run_dir.exists()
+    writable_folder(run_dir, "run_dir")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    data = prepare_data(cfg.data)
+    try:
+        data = prepare_data(cfg.data)
+    except BaseException:
+        if created:  # a failed start leaves no empty run folder behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     data.write_splits(run_dir / "splits")
     save_config(cfg, run_dir / "config.yaml")
     recipe = METHODS[cfg.method.name]
     strong = student_sees_strong(cfg.method.name, cfg.method.student_view)
     dm = SSLDataModule(
         data,
-        cfg.data.image_size,
         cfg.data.batch_labeled,
         cfg.data.batch_unlabeled,
         cfg.train.steps_per_epoch,
@@ -151,6 +197,7 @@ def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (
         mode="max",
         save_last=True,
         save_top_k=1,
+        enable_version_counter=False,  # always best.ckpt: never a best-v1.ckpt beside a stale best.ckpt
     )
     # a resumed run logs into logs/resume_N/: Lightning's CSVLogger would delete the earlier epochs' metrics.csv
     version = f"resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}" if resume and last.exists() else ""
@@ -169,6 +216,7 @@ def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (
         enable_progress_bar=cfg.train.progress_bar,
         log_every_n_steps=10,
         enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -186,17 +234,97 @@ def train(cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (
     return run_dir
 
 
+PARTIAL = ".partial"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint writes that a kill cannot leave half done: the bytes go to a temporary file in the checkpoint's
+    own folder (Lightning's writer stages them in the system temp folder, and a move across file systems is a copy
+    that a kill can cut short), are flushed and fsynced, then renamed over the old file."""
+
+    def save_checkpoint(self, checkpoint: dict, path: str | Path, storage_options: object = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def clean_partial_checkpoints(folder: Path) -> None:
+    """Remove the temporary files that killed checkpoint writes left behind."""
+    for leftover in folder.glob(f"*{PARTIAL}") if folder.is_dir() else []:
+        leftover.unlink()
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """torch.load of a clcpmt checkpoint, or one clear error naming the file."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated (EOFError, RuntimeError), not a zip (pickle errors), unreadable (OSError)
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); a run folder's "
+                              "best.ckpt and last.ckpt are the checkpoints clcpmt writes") from None  # fmt: skip
+    if not isinstance(ckpt, dict) or "config" not in ckpt.get("hyper_parameters", {}):
+        raise CheckpointError(f"{path} is not a clcpmt checkpoint (no hyper_parameters.config in it)")
+    return ckpt
+
+
+# Settings a resumed run may change: where things are and how they run, never what is trained on or how.
+RESUMABLE_KEYS = {
+    "run_dir", "data.images", "data.labels", "data.train_list", "data.val_list", "data.test_list", "data.cache_dir",
+    "data.num_workers", "train.accelerator", "train.devices", "train.progress_bar",
+}  # fmt: skip
+
+
+def changed_settings(before: dict, after: dict) -> list[str]:
+    """Flat keys ("section.key") whose values differ between two `to_dict` configs, RESUMABLE_KEYS excepted."""
+
+    def flat(d: dict) -> dict:
+        out = {}
+        for section, value in d.items():
+            items = value.items() if isinstance(value, dict) else [("", value)]
+            out |= {f"{section}.{k}".rstrip("."): v for k, v in items}
+        return out
+
+    a, b = flat(before), flat(after)
+    keys = sorted(set(a) | set(b))
+    return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in keys if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)]
+
+
+def resumed_config(cfg: Config, last: Path) -> Config:
+    """The config a resumed run continues with: the run's own split files, and no change of data, model or method
+    since the run started (its last checkpoint's config, or config.yaml when it was killed before one)."""
+    run_dir = Path(cfg.run_dir)
+    started = read_checkpoint(last)["hyper_parameters"]["config"] if last.is_file() else None
+    if started is None:
+        started = to_dict(load_config(run_dir / "config.yaml"))
+    changed = changed_settings({**started, "run_dir": ""}, {**to_dict(cfg), "run_dir": ""})
+    if changed:
+        raise ConfigError(f"--resume {run_dir}: the run started with other settings: {'; '.join(changed)}. A resumed "
+                          "run continues the run it was: undo the change, or start a new run with another run_dir "
+                          "(e.g. --config <run>/config.yaml --run_dir <new> plus the change)")  # fmt: skip
+    if cfg.data.dataset in ("folder", "chestxray14") and (run_dir / "splits" / "testing.csv").is_file():
+        cfg = replace(cfg, data=replace(cfg.data, splits=str(run_dir / "splits")))  # exactly the run's own parts
+    return cfg
+
+
 def load_system(checkpoint: str | Path) -> tuple[SSLModule, Config]:
     """Rebuild the system stored in a checkpoint (its config travels inside it)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt["hyper_parameters"]["config"])
     cfg = replace(cfg, model=replace(cfg.model, pretrained="none"))  # the weights come from the checkpoint
     hp = ckpt["hyper_parameters"]
-    module = build_system(cfg, tuple(hp["classes"]), _table_size(ckpt), hp["steps_per_epoch"], hp["task"])
+    module = build_system(cfg, tuple(hp["classes"]), _table_size(ckpt), hp["steps_per_epoch"], hp["task"], quiet=True)
     module.load_state_dict(ckpt["state_dict"])
+    log.info("%s (epoch %s): teacher and student weights from this checkpoint", checkpoint, ckpt.get("epoch", "?"))
     return module.eval(), cfg
 
 
@@ -289,13 +417,24 @@ def list_images(source: str | Path) -> list[Path]:
     return paths
 
 
-def predict(checkpoint: str | Path, source: str | Path, out: str | Path, model: str = "teacher") -> Path:
+def predict(
+    checkpoint: str | Path, source: str | Path, out: str | Path, model: str = "teacher", overwrite: bool = False
+) -> Path:
     """Write class probabilities in the ISIC submission format: image + one column per class."""
-    module, cfg = load_system(checkpoint)
-    paths = list_images(source)
-    array = cached_images(paths, cfg.data.image_size, cfg.data.center_crop, cfg.data.cache_dir)
-    probs = predict_probs(module, array, np.arange(len(paths)))[model]
     out = Path(out)
+    if out.is_dir():
+        raise DataError(f"--out {out} is a folder; give the path of the CSV file to write")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    paths = list_images(source)
+    stems = [p.stem for p in paths]
+    if len(set(stems)) != len(stems):
+        dup = sorted({str(p) for p in paths if stems.count(p.stem) > 1})
+        raise DataError(f"{source}: images with the same name would get the same id: {', '.join(dup[:4])}")
+    module, cfg = load_system(checkpoint)
+    # decoded in memory: predict writes nothing but --out (the training run's cache may not be writable here)
+    array = np.stack([load_image(p, cfg.data.image_size, cfg.data.center_crop) for p in paths])
+    probs = predict_probs(module, array, np.arange(len(paths)))[model]
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = ["image," + ",".join(module.classes)]
     rows += [p.stem + "," + ",".join(f"{v:.6f}" for v in row) for p, row in zip(paths, probs.tolist(), strict=True)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import lightning as L
 import numpy as np
@@ -13,49 +13,69 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .readers import DataError
 from .sources import PreparedData
-from .transforms import normalize, strong_transform, weak_transform
+from .transforms import BatchViews, normalize
 
 
 def _tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)  # (3, H, W) uint8, a writable copy of the cached row
 
 
-class LabeledViews(Dataset):
-    """Weak views (two, or one for methods that train on one) of each labeled image and its label."""
+class LabeledImages(Dataset):
+    """A labeled image (uint8), its label and its augmentation seed; the views are made per batch (`SSLViews`)."""
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, index: np.ndarray, size: int, views: int = 2) -> None:
-        self.images, self.targets, self.index, self.weak = images, targets, index, weak_transform(size)
-        self.views = views
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-        i, seed = item
-        img = _tensor(self.images[self.index[i]])
-        views = _seeded(seed, lambda: tuple(self.weak(img) for _ in range(self.views)))
-        return *views, torch.as_tensor(self.targets[self.index[i]])
-
-
-class UnlabeledViews(Dataset):
-    """Teacher's weak view, student's view (strong or weak), the hidden label (-1 if unknown) and the position."""
-
-    def __init__(
-        self, images: np.ndarray, targets: np.ndarray | None, index: np.ndarray, size: int, strong: bool
-    ) -> None:
+    def __init__(self, images: np.ndarray, targets: np.ndarray, index: np.ndarray) -> None:
         self.images, self.targets, self.index = images, targets, index
-        self.weak = weak_transform(size)
-        self.student = strong_transform(size) if strong else self.weak
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         i, seed = item
-        img = _tensor(self.images[self.index[i]])
+        return _tensor(self.images[self.index[i]]), torch.as_tensor(self.targets[self.index[i]]), seed
+
+
+class UnlabeledImages(Dataset):
+    """An unlabeled image (uint8), its hidden label (-1 if unknown), its position and its augmentation seed."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray | None, index: np.ndarray) -> None:
+        self.images, self.targets, self.index = images, targets, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        i, seed = item
         hidden = torch.tensor(-1) if self.targets is None else torch.as_tensor(self.targets[self.index[i]])
-        weak, student = _seeded(seed, lambda: (self.weak(img), self.student(img)))
-        return weak, student, hidden, i
+        return _tensor(self.images[self.index[i]]), hidden, i, seed
+
+
+class SSLViews:
+    """Turns a training batch of uint8 images into the views of SPEC §3, on the batch's device.
+
+    labeled (images, y, seeds) -> (x1[, x2], y): `labeled_views` weak views; unlabeled (images, hidden, index, seeds)
+    -> (u^w, u^s, hidden, index) with u^s strong or weak. Each image has its own random parameters, drawn from a
+    generator seeded by the batch's first sampler seed, so a view is a pure function of (seed, epoch, position): a
+    resumed run sees the batches of the uninterrupted one, whatever the number of workers or the device.
+    """
+
+    def __init__(self, labeled_views: int = 2, strong: bool = True) -> None:
+        self.labeled_views, self.strong, self.views = labeled_views, strong, BatchViews()
+
+    @staticmethod
+    def _generator(seeds: torch.Tensor) -> torch.Generator:
+        return torch.Generator().manual_seed(int(seeds[0]))
+
+    def __call__(self, batch: dict) -> dict:
+        images, y, seeds = batch["labeled"]
+        g = self._generator(seeds)
+        out = {"labeled": (*(self.views.weak(images, g) for _ in range(self.labeled_views)), y)}
+        if "unlabeled" in batch:
+            images, hidden, index, seeds = batch["unlabeled"]
+            g = self._generator(seeds)
+            weak = self.views.weak(images, g)
+            student = self.views.strong(images, g) if self.strong else self.views.weak(images, g)
+            out["unlabeled"] = (weak, student, hidden, index)
+        return out
 
 
 class EvalImages(Dataset):
@@ -122,20 +142,15 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return iter(zip(index.tolist(), seeds.tolist(), strict=True))
 
 
-def _seeded(seed: int, fn: Callable[[], tuple]) -> tuple:
-    """Run `fn` with the global torch RNG seeded by `seed`, leaving the caller's RNG state untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return fn()
-
-
 class SSLDataModule(L.LightningDataModule):
-    """Labeled + unlabeled training batches (both sampled for steps_per_epoch steps) and a validation loader."""
+    """Labeled + unlabeled training batches (both sampled for steps_per_epoch steps) and a validation loader.
+
+    The loaders carry uint8 images; their views are made per batch after the transfer to the device (`SSLViews`).
+    """
 
     def __init__(
         self,
         data: PreparedData,
-        image_size: int,
         batch_labeled: int = 12,
         batch_unlabeled: int = 36,
         steps_per_epoch: int = 0,
@@ -147,8 +162,9 @@ class SSLDataModule(L.LightningDataModule):
         labeled_views: int = 2,
     ) -> None:
         super().__init__()
-        self.labeled_balance, self.labeled_views = labeled_balance, labeled_views
-        self.data, self.image_size = data, image_size
+        self.labeled_balance = labeled_balance
+        self.make_views = SSLViews(labeled_views, strong)
+        self.data = data
         self.batch_labeled, self.batch_unlabeled = batch_labeled, batch_unlabeled
         self.num_workers, self.use_unlabeled, self.strong, self.seed = num_workers, use_unlabeled, strong, seed
         n_unl = len(data.parts["unlabeled"])
@@ -171,22 +187,21 @@ class SSLDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> CombinedLoader:
-        d, size = self.data, self.image_size
+        d = self.data
         workers = max(self.num_workers // 2, 1) if self.num_workers and self.use_unlabeled else self.num_workers
         labeled = d.parts["labeled"]
         weights = balance_weights(d.targets[labeled], self.labeled_balance) if self.labeled_balance > 0 else None
         loaders = {
-            "labeled": self._loader(
-                LabeledViews(d.images, d.targets, labeled, size, self.labeled_views),
-                self.batch_labeled,
-                workers,
-                weights,
-            )
+            "labeled": self._loader(LabeledImages(d.images, d.targets, labeled), self.batch_labeled, workers, weights)
         }
         if self.use_unlabeled:
-            unl = UnlabeledViews(d.images, d.targets, d.parts["unlabeled"], size, self.strong)
+            unl = UnlabeledImages(d.images, d.targets, d.parts["unlabeled"])
             loaders["unlabeled"] = self._loader(unl, self.batch_unlabeled, self.num_workers)
         return CombinedLoader(loaders, mode="min_size")
+
+    def on_after_batch_transfer(self, batch: dict | list, dataloader_idx: int) -> dict | list:
+        """Training batches (dicts) become their views here, on the device; validation batches pass unchanged."""
+        return self.make_views(batch) if isinstance(batch, dict) else batch
 
     def eval_loader(self, part: str) -> DataLoader:
         """Loader over one part ('validation', 'testing', ...) in file order."""

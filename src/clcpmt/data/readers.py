@@ -94,6 +94,8 @@ def read_labels(path: str | Path, classes: tuple[str, ...], task: str = "single"
         images.append(row[i_img].strip())
         targets.append(parse(n, row))
         lines.append(n)
+    if not images:
+        raise DataError(f"{path}: no rows after the header; expected one row per image")
     if len(set(images)) != len(images):
         dup = next(x for x in images if images.count(x) > 1)
         raise DataError(f"{path}: image '{dup}' is listed more than once")
@@ -128,10 +130,14 @@ def load_image(path: str | Path, size: int, center_crop: bool) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I"):  # 16-bit grayscale (X-rays): scale to 8 bit before RGB
-                arr = np.asarray(img, dtype=np.float32)
-                img = Image.fromarray((arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8))
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale (X-rays; PIL reads some as "I")
+                # the bit depth's range, not the image's own maximum: two copies of one X-ray stay equal
+                arr = np.asarray(img, dtype=np.float32).clip(0, 65535)
+                img = Image.fromarray(np.round(arr / 65535 * 255).astype(np.uint8))
             img = img.convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise DataError(f"cannot read image {path}: {e} (PIL's guard against decompression bombs); resize the file "
+                        "or check where it came from") from None  # fmt: skip
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {e}; is the file complete and an image?") from None
     if center_crop:
@@ -159,11 +165,24 @@ def cached_images(paths: list[Path], size: int, center_crop: bool, cache_dir: st
         key.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     target = cache_dir / f"images_{size}px_{len(paths)}_{key.hexdigest()[:16]}.npy"
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target.with_suffix(".lock"), "w") as lock:  # runs started together fill the cache once
+        lock_path = target.with_suffix(".lock")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(lock_path, "w")  # runs started together fill the cache once
+        except OSError as e:
+            msg = f"cache folder {cache_dir} is not writable ({e}); set data.cache_dir to one that is"
+            raise DataError(msg) from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if not target.exists():
-                _fill_cache(target, paths, size, center_crop)
+            try:
+                if not target.exists():
+                    _fill_cache(target, paths, size, center_crop)
+            except DataError:  # a bad image fails every retry: keep no partial cache of it (a kill keeps it)
+                for leftover in (target.with_suffix(".partial.npy"), target.with_suffix(".progress")):
+                    leftover.unlink(missing_ok=True)
+                raise
+            finally:
+                lock_path.unlink(missing_ok=True)  # from now on the cache file itself (or the error) is the answer
     return np.load(target, mmap_mode="r")
 
 
