@@ -100,6 +100,23 @@ def cmd_predict(args: argparse.Namespace, overrides: list[str]) -> None:
 DEMO_MARK = ".clcpmt-demo"
 
 
+def cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .export import export_onnx, model_card
+    from .runner import load_system
+
+    if overrides:
+        raise ConfigError(f"export takes no config overrides; got {' '.join(overrides)}")
+    ckpt = _checkpoint(args.target, args.checkpoint)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    module, cfg = load_system(ckpt)
+    export_onnx(module, cfg, out, args.model, str(ckpt))
+    run_dir = ckpt.parent.parent
+    (out.parent / "MODEL_CARD.md").write_text(model_card(run_dir, cfg, out))
+    print(f"wrote {out} and {out.parent / 'MODEL_CARD.md'}")
+
+
 def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
     """Train Mean Teacher and CLCP-MT on the synthetic data and print the comparison on its test split."""
     from .runner import train
@@ -165,13 +182,20 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="also write the results as JSON here")
     e.set_defaults(func=cmd_evaluate)
     pr = sub.add_parser("predict", help="class probabilities for images, as an ISIC submission CSV")
-    pr.add_argument("target", help="run folder or checkpoint file")
+    pr.add_argument("target", help="run folder, checkpoint file, or .onnx file from `clcpmt export`")
     pr.add_argument("--images", required=True, help="image folder, or a text file with one image path per line")
     pr.add_argument("--out", required=True, help="CSV to write: image,MEL,NV,...")
     pr.add_argument("--checkpoint", default="best", choices=("best", "last"))
     pr.add_argument("--model", default="teacher", choices=("teacher", "student"))
     pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     pr.set_defaults(func=cmd_predict)
+    x = sub.add_parser("export", help="the teacher (or student) as ONNX, preprocessing in its metadata, + model card")
+    x.add_argument("target", help="run folder or checkpoint file")
+    x.add_argument("--out", required=True, help="the .onnx file to write (MODEL_CARD.md goes beside it)")
+    x.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    x.add_argument("--model", default="teacher", choices=("teacher", "student"))
+    x.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    x.set_defaults(func=cmd_export)
     b = sub.add_parser("bench", help="run a method x labeled x seed grid (resumable) and tabulate it")
     b.add_argument("grid", help="grid YAML file (see benchmarks/)")
     b.add_argument("--report", action="store_true", help="only collect finished runs into the tables")

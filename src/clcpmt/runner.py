@@ -42,6 +42,20 @@ from .plots import plot_training
 log = logging.getLogger("clcpmt")
 
 
+def quiet_lightning_logs() -> None:
+    """One copy of each Lightning line, and none of its advertisements: Lightning prints through its own handler,
+    so its records must not also reach the root handler the CLI sets up."""
+    lightning_log = logging.getLogger("lightning.pytorch")
+    lightning_log.propagate = False
+    for handler in lightning_log.handlers:
+        if not any(getattr(f, "__name__", "") == "_no_tips" for f in handler.filters):
+            handler.addFilter(_no_tips)
+
+
+def _no_tips(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡")
+
+
 def build_system(
     cfg: Config,
     classes: tuple[str, ...],
@@ -148,6 +162,7 @@ def train(
 ) -> Path | None:
     """Fit cfg's method, then evaluate the best checkpoint on validation and testing. Returns the run folder
     (None in the other processes of a distributed run). fresh_folder_ok: the caller made run_dir for this run."""
+    quiet_lightning_logs()
     run_dir = Path(cfg.run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     if rank_zero_only.rank == 0:  # DDP's other processes start later, when process 0 has written the folder
@@ -231,6 +246,9 @@ def train(
     )
     plot_training(run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    from .export import model_card
+
+    (run_dir / "MODEL_CARD.md").write_text(model_card(run_dir, cfg))
     return run_dir
 
 
@@ -431,12 +449,21 @@ def predict(
     if len(set(stems)) != len(stems):
         dup = sorted({str(p) for p in paths if stems.count(p.stem) > 1})
         raise DataError(f"{source}: images with the same name would get the same id: {', '.join(dup[:4])}")
-    module, cfg = load_system(checkpoint)
     # decoded in memory: predict writes nothing but --out (the training run's cache may not be writable here)
-    array = np.stack([load_image(p, cfg.data.image_size, cfg.data.center_crop) for p in paths])
-    probs = predict_probs(module, array, np.arange(len(paths)))[model]
+    if Path(checkpoint).suffix == ".onnx":  # an exported model: its preprocessing is in its metadata
+        from .export import onnx_metadata, onnx_probabilities
+
+        meta = onnx_metadata(checkpoint)
+        classes = tuple(json.loads(meta["classes"]))
+        size, crop = int(meta["input_size"]), meta["center_crop"] == "true"
+        probs = onnx_probabilities(checkpoint, np.stack([load_image(p, size, crop) for p in paths]))
+    else:
+        module, cfg = load_system(checkpoint)
+        classes = module.classes
+        array = np.stack([load_image(p, cfg.data.image_size, cfg.data.center_crop) for p in paths])
+        probs = predict_probs(module, array, np.arange(len(paths)))[model].numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = ["image," + ",".join(module.classes)]
+    rows = ["image," + ",".join(classes)]
     rows += [p.stem + "," + ",".join(f"{v:.6f}" for v in row) for p, row in zip(paths, probs.tolist(), strict=True)]
     out.write_text("\n".join(rows) + "\n")
     return out
