@@ -77,7 +77,7 @@ def test_a_whole_run_on_two_cpu_processes(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Starting with 2 processes" in res.stdout + res.stderr
     assert (res.stdout + res.stderr).count("run folder:") == 1  # process 0 alone evaluates
-    assert res.stdout.count("== testing, teacher") == 1
+    assert (res.stdout + res.stderr).count("testing (teacher, best epoch") == 1
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["testing/teacher"]["standard/auc"] <= 100.0
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]

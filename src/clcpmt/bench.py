@@ -243,4 +243,10 @@ def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Pa
         with_thresholds = [r for r in rows if any(k in r for k, _ in thresholds)]
         text += f"\nPer-class thresholds at the end of training\n\n{markdown(with_thresholds, thresholds)}\n"
     (out / "results.md").write_text(text)
+    finished = [Path(grid.out) / run_name(*run) for run in grid_runs(grid)]
+    finished = [d for d in finished if (d / "metrics.json").is_file()]
+    if finished:
+        from .report import write_report
+
+        write_report(finished, out / "report.html")
     return out

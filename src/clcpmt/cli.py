@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .config import CheckpointError, ConfigError, TrainingError, load_config, to_dict
+from .config import CheckpointError, Config, ConfigError, TrainingError, load_config, to_dict
 from .data.readers import DataError
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
@@ -47,6 +47,12 @@ def _checkpoint(target: str, which: str) -> Path:
     return path / "checkpoints" / f"{which}.ckpt"
 
 
+def quiet(cfg: Config) -> Config:
+    """--quiet: warnings, errors and the final line only (for scripts)."""
+    logging.getLogger().setLevel(logging.WARNING)
+    return replace(cfg, train=replace(cfg.train, progress_bar=False))
+
+
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     from .runner import train
 
@@ -56,6 +62,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
         if not config.is_file():
             raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a run folder?")
     cfg = load_config(config, overrides)
+    if args.quiet:
+        cfg = quiet(cfg)
     if args.resume:  # the folder given, wherever it is now: not the run_dir saved in its config.yaml
         cfg = replace(cfg, run_dir=str(Path(args.resume)))
     if args.print_config:
@@ -117,11 +125,20 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"wrote {out} and {out.parent / 'MODEL_CARD.md'}")
 
 
+def cmd_report(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .report import write_report
+
+    if overrides:
+        raise ConfigError(f"report takes no config overrides; got {' '.join(overrides)}")
+    print(f"wrote {write_report(args.runs, args.out, args.baseline)}")
+
+
 def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
     """Train Mean Teacher and CLCP-MT on the synthetic data and print the comparison on its test split."""
     from .runner import train
 
     base = load_config(PACKAGED_CONFIGS / "demo.yaml", overrides)
+    base = quiet(base) if args.quiet else base
     rows = []
     for method in ("mean_teacher", "clcp_mt"):
         cfg = replace(base, run_dir=str(Path(base.run_dir) / method), method=replace(base.method, name=method))
@@ -172,6 +189,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML file or packaged config name (demo, isic2018_cpu, ...)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines: warnings and errors only")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("evaluate", help="evaluate a checkpoint (teacher and student) on its splits or a CSV")
     e.add_argument("target", help="run folder or checkpoint file")
@@ -196,12 +214,18 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--model", default="teacher", choices=("teacher", "student"))
     x.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     x.set_defaults(func=cmd_export)
+    r = sub.add_parser("report", help="one self-contained HTML page about one or more runs")
+    r.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    r.add_argument("--out", default="report.html")
+    r.add_argument("--baseline", default="", help="method the paired differences are taken against (default: first)")
+    r.set_defaults(func=cmd_report)
     b = sub.add_parser("bench", help="run a method x labeled x seed grid (resumable) and tabulate it")
     b.add_argument("grid", help="grid YAML file (see benchmarks/)")
     b.add_argument("--report", action="store_true", help="only collect finished runs into the tables")
     b.add_argument("--jobs", type=int, default=0, help="runs at once (default: the grid's `jobs`)")
     b.set_defaults(func=cmd_bench)
     d = sub.add_parser("demo", help="Mean Teacher vs CLCP-MT on embedded synthetic data (CPU, minutes)")
+    d.add_argument("--quiet", action="store_true", help="only the result table")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -29,6 +29,7 @@ from .config import (
     save_config,
     to_dict,
 )
+from .console import EpochLine, RunProgressBar, quiet_lightning_logs
 from .data.datamodule import EvalImages, SSLDataModule
 from .data.readers import IMAGE_EXTENSIONS, DataError, cached_images, load_image, read_labels, resolve_images
 from .data.sources import PreparedData, prepare_data
@@ -40,20 +41,6 @@ from .module import SSLModule
 from .plots import plot_training
 
 log = logging.getLogger("clcpmt")
-
-
-def quiet_lightning_logs() -> None:
-    """One copy of each Lightning line, and none of its advertisements: Lightning prints through its own handler,
-    so its records must not also reach the root handler the CLI sets up."""
-    lightning_log = logging.getLogger("lightning.pytorch")
-    lightning_log.propagate = False
-    for handler in lightning_log.handlers:
-        if not any(getattr(f, "__name__", "") == "_no_tips" for f in handler.filters):
-            handler.addFilter(_no_tips)
-
-
-def _no_tips(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("💡")
 
 
 def build_system(
@@ -216,12 +203,13 @@ def train(
     )
     # a resumed run logs into logs/resume_N/: Lightning's CSVLogger would delete the earlier epochs' metrics.csv
     version = f"resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}" if resume and last.exists() else ""
+    bar = [RunProgressBar()] if cfg.train.progress_bar else []
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs,
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
         precision=cfg.train.precision,
-        callbacks=[best, *callbacks],
+        callbacks=[best, EpochLine(), *bar, *callbacks],
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
         logger=[
@@ -235,12 +223,14 @@ def train(
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning, about torch's own API
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
         # CatMetric gathers the validation set across processes, so the logged values are already global
         warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
     if not trainer.is_global_zero:  # distributed: process 0 alone evaluates and writes metrics.json
         return None
-    results = evaluate_parts(best.best_model_path or str(last), data, ("validation", "testing"))
+    results = evaluate_parts(best.best_model_path or str(last), data, ("validation", "testing"), verbose=False)
     results["best_epoch"] = (
         int(torch.load(best.best_model_path, weights_only=False)["epoch"]) if best.best_model_path else -1
     )
@@ -249,6 +239,15 @@ def train(
     from .export import model_card
 
     (run_dir / "MODEL_CARD.md").write_text(model_card(run_dir, cfg))
+    from .report import write_report
+
+    write_report([run_dir], run_dir / "report.html")
+    for part in ("validation", "testing"):
+        r = results[f"{part}/teacher"]
+        keys = [k for k in ("standard/auc", "standard/bacc", "standard/f1") if k in r]
+        heads = "  ".join(f"{k.split('/')[1]} {r[k]:.2f}" for k in keys)
+        log.info("%s (teacher, best epoch %d): %s", part, results["best_epoch"] + 1, heads)
+    log.info("per class, curves and plots: %s; model card: %s", run_dir / "report.html", run_dir / "MODEL_CARD.md")
     return run_dir
 
 
@@ -331,7 +330,7 @@ def resumed_config(cfg: Config, last: Path) -> Config:
     return cfg
 
 
-def load_system(checkpoint: str | Path) -> tuple[SSLModule, Config]:
+def load_system(checkpoint: str | Path, announce: bool = True) -> tuple[SSLModule, Config]:
     """Rebuild the system stored in a checkpoint (its config travels inside it)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
@@ -342,7 +341,8 @@ def load_system(checkpoint: str | Path) -> tuple[SSLModule, Config]:
     hp = ckpt["hyper_parameters"]
     module = build_system(cfg, tuple(hp["classes"]), _table_size(ckpt), hp["steps_per_epoch"], hp["task"], quiet=True)
     module.load_state_dict(ckpt["state_dict"])
-    log.info("%s (epoch %s): teacher and student weights from this checkpoint", checkpoint, ckpt.get("epoch", "?"))
+    if announce:
+        log.info("%s (epoch %s): teacher and student weights from this checkpoint", checkpoint, ckpt.get("epoch", "?"))
     return module.eval(), cfg
 
 
