@@ -72,6 +72,8 @@ def test_tiny_grid_runs_once_and_skips_finished_runs(tmp_path):
     row = next(csv.DictReader(open(out / "results.csv")))
     assert "val_standard/auc" in row and "val_auc/MEL" in row and "test_standard/auc" not in row
     assert (out / "fixmatch_lab0.2_seed0" / "thresholds.png").is_file()
+    grid_page = (out / "report.html").read_text()  # the grid's report: the comparison, and a link to each run's own
+    assert "Comparison (testing, teacher)" in grid_page and 'href="fixmatch_lab0.2_seed0/report.html"' in grid_page
     per_class, thresholds = text.split("Per-class AUC")[1].split("Per-class thresholds")
     assert "| supervised | 0.2 | 1 |" in per_class and "| MEL | NV |" in per_class
     assert "supervised" not in thresholds and "| fixmatch | 0.2 | 1 | " + " | ".join(["0.95"] * 7) + " |" in thresholds

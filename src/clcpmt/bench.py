@@ -248,5 +248,5 @@ def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Pa
     if finished:
         from .report import write_report
 
-        write_report(finished, out / "report.html")
+        write_report(finished, out / "report.html", per_run=False)  # each run has its own full report
     return out

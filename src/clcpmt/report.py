@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -312,20 +313,26 @@ def comparison(run_dirs: list[Path], baseline: str = "") -> str:
     return "\n".join(out)
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path, baseline: str = "") -> Path:
-    """Write the report of `run_dirs` (each a finished or running run folder) to `out`."""
+def write_report(run_dirs: list[str | Path], out: str | Path, baseline: str = "", per_run: bool = True) -> Path:
+    """Write the report of `run_dirs` (each a finished or running run folder) to `out`. per_run=False (a grid's
+    report): the comparison only, with a link to each run's own report.html."""
     dirs = [Path(d) for d in run_dirs]
     for d in dirs:
         if not (d / "config.yaml").is_file():
             from .data.readers import DataError
 
             raise DataError(f"{d} is not a run folder (no config.yaml)")
+    out = Path(out)
     body = [comparison(dirs, baseline)] if len(dirs) > 1 else []
-    body += [run_section(d) for d in dirs]
+    if per_run:
+        body += [run_section(d) for d in dirs]
+    else:
+        links = [f'<li><a href="{html.escape(str(Path(os.path.relpath(d, out.parent)) / "report.html"))}">'
+                 f"{html.escape(d.name)}</a></li>" for d in dirs]  # fmt: skip
+        body.append("<h2>Runs (each with its own report)</h2><ul>" + "".join(links) + "</ul>")
     title = "clcpmt report: " + ", ".join(d.name for d in dirs)
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>" + "\n".join(body) + "</body></html>")
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     return out
