@@ -5,8 +5,10 @@
 
 For each method, three times per step, each the median of `--repeats` blocks of `--steps` steps after warm-up:
 - bare: only the compute the method needs: one student forward + backward on exactly the views the method uses
-  (`SSLMethod.views`), one teacher forward under no_grad, the optimiser step and the EMA update (a trivial loss);
-- method: the same, on the same fixed batch, with the method's own loss (`SSLMethod.step`);
+  (`SSLMethod.views`), one teacher forward under no_grad, the optimiser step and the EMA update (a loss that costs
+  nothing: cross-entropy to class 0);
+- method: the same, on the same fixed batch, with the method's own loss (`SSLMethod.step`); bare and method blocks
+  alternate, so that a drift of the machine's speed hits both alike;
 - whole: a real Lightning fit of the system `clcpmt train` builds, on the real data path: the image cache, the
   DataLoaders with `--workers` processes, collation, transfer, the batched views, logging (time between consecutive
   batch ends); "data share" is the part of it between a batch's end and the next one's start (loading, transfer,
@@ -23,11 +25,11 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from clcpmt.cli import resolve_config
@@ -68,36 +70,25 @@ def fixed_batch(module: SSLModule, n_l: int, n_u: int, size: int, device: torch.
                     label(n_u))  # fmt: skip
 
 
-def time_loop(step: Callable[[], None], warmup: int, steps: int, repeats: int) -> float:
-    """Median seconds per step over `repeats` blocks of `steps` steps, after `warmup` steps."""
-    for _ in range(warmup):
-        step()
-    blocks = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        blocks.append((time.perf_counter() - start) / steps)
-    return statistics.median(blocks)
-
-
-def in_loop_seconds(module: SSLModule, b: SSLBatch, bare: bool, args: argparse.Namespace) -> float:
-    """Seconds per step of the bare compute (bare=True) or of the method's step, on the fixed batch b."""
+def in_loop_seconds(module: SSLModule, b: SSLBatch, args: argparse.Namespace) -> tuple[float, float]:
+    """Seconds per step of the bare compute and of the method's step, on the fixed batch b, timed in alternating
+    blocks so that a drift of the machine's speed hits both alike."""
     student, teacher, method = module.student, module.teacher, module.method
     opt = torch.optim.Adam(student.parameters(), lr=1e-4, weight_decay=5e-4)
     student.train()
     set_teacher_mode(teacher, "ema")
     counter = iter(range(10**9))
+    zeros = torch.zeros(len(torch.cat(method.views(b)[0])), dtype=torch.long, device=b.x1.device)
 
-    def step() -> None:
+    def step(bare: bool) -> None:
         i = next(counter)
-        if bare:
+        if bare:  # the same forwards and backward, under a loss that costs nothing
             student_views, teacher_views = method.views(b)
             logits, z = student(torch.cat(student_views))
             if teacher_views:
                 with torch.no_grad():
                     teacher(torch.cat(teacher_views))
-            loss = logits.float().mean() + (z.mean() if method.recipe.contrastive else 0.0)
+            loss = F.cross_entropy(logits.float(), zeros) + (z.mean() if method.recipe.contrastive else 0.0)
         else:
             loss = method.step(b, student, teacher, Progress(i, 50.0)).loss  # a late epoch: every term active
         opt.zero_grad(set_to_none=True)
@@ -107,7 +98,17 @@ def in_loop_seconds(module: SSLModule, b: SSLBatch, bare: bool, args: argparse.N
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
-    return time_loop(step, args.warmup, args.steps, args.repeats)
+    for _ in range(args.warmup):
+        step(True)
+        step(False)
+    blocks: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(args.repeats):
+        for bare in (True, False):
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step(bare)
+            blocks[bare].append((time.perf_counter() - start) / args.steps)
+    return statistics.median(blocks[True]), statistics.median(blocks[False])
 
 
 class BatchClock(Callback):
@@ -193,8 +194,7 @@ def main() -> None:
         b = fixed_batch(module, cfg.data.batch_labeled, cfg.data.batch_unlabeled, cfg.data.image_size, device)
         dtype = torch.bfloat16 if cfg.train.precision.startswith("bf16") else torch.float16
         with torch.autocast(device.type, dtype=dtype, enabled="mixed" in cfg.train.precision):
-            bare = in_loop_seconds(module, b, True, args)
-            step = in_loop_seconds(module, b, False, args)
+            bare, step = in_loop_seconds(module, b, args)
         whole, wait = whole_seconds(cfg, data, args)
         print(f"| {name} | {1000 * bare:.0f} | {1000 * step:.0f} | {1000 * whole:.0f} | {step / bare:.3f} | "
               f"{whole / bare:.3f} | {100 * wait:.0f} % |", flush=True)  # fmt: skip

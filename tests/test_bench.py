@@ -120,6 +120,7 @@ def test_wall_time_sums_the_attempts_of_a_resumed_run_and_a_finished_run_drops_l
 
     def interrupted(cmd, **kw):
         (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "config.yaml").write_text("")  # a started run: resumed next time
         (run_dir / "checkpoints" / "last.ckpt").write_text("")
         raise KeyboardInterrupt
 

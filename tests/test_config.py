@@ -127,3 +127,9 @@ def test_bad_numbers_stop_at_the_config_naming_the_key(override, message):
 def test_labeled_count_and_fraction_accepted():
     assert load_config(None, ["--data.labeled=1.0"]).data.labeled == 1.0  # all labels
     assert load_config(None, ["--data.labeled=250"]).data.labeled == 250  # a count of images
+
+
+def test_scientific_notation_is_a_float():
+    assert load_config(None, ["--train.lr=1e-4"]).train.lr == 1e-4  # YAML 1.1 alone would read a string
+    with pytest.raises(ConfigError, match=r"train\.lr must be float; got 'fast'"):
+        load_config(None, ["--train.lr=fast"])

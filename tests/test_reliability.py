@@ -109,6 +109,9 @@ def test_a_truncated_checkpoint_is_one_clear_error(tmp_path, capsys):
     bad.write_bytes(b"PK\x03\x04 truncated")
     images = tmp_path / "images"
     images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(images / "a.png")
     assert main(["predict", str(bad), "--images", str(images), "--out", str(tmp_path / "p.csv")]) == 2
     assert f"{bad} is not a readable checkpoint" in capsys.readouterr().err
 
@@ -141,6 +144,8 @@ def test_predict_refuses_same_named_images_an_existing_out_and_a_folder_out(tmp_
     assert main(["predict", str(run), "--images", str(images), "--out", str(out), "--overwrite"]) == 0
     assert main(["predict", str(run), "--images", str(images), "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+    assert main(["predict", str(run), "--images", str(images), "--out", str(out / "p.csv")]) == 2  # under a file
+    assert "--out's folder" in capsys.readouterr().err
 
 
 def test_16_bit_images_scale_by_the_bit_depth_and_a_header_only_csv_is_refused(tmp_path):
@@ -216,3 +221,22 @@ def test_an_image_over_the_decompression_bomb_limit_is_a_clear_error(tmp_path, m
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels > 2 x the limit: PIL refuses
     with pytest.raises(DataError, match=r"cannot read image .*big\.png.*decompression bombs"):
         load_image(tmp_path / "big.png", 8, True)
+
+
+class LastIsFresh(Callback):
+    """At each epoch start, last.ckpt must hold the previous epoch, whether or not it improved the best."""
+
+    seen: list[tuple[int, int]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch:
+            ckpt = torch.load(trainer.default_root_dir + "/checkpoints/last.ckpt", weights_only=False)
+            LastIsFresh.seen.append((trainer.current_epoch, ckpt["epoch"]))
+
+
+def test_last_checkpoint_is_written_after_every_epoch_even_one_that_did_not_improve(tmp_path):
+    LastIsFresh.seen = []
+    cfg = load_config(None, tiny(tmp_path, "every", method="supervised",
+                                 **{"train.epochs": 4, "train.steps_per_epoch": 2, "train.lr": 1e-7}))  # fmt: skip
+    train(cfg, callbacks=(LastIsFresh(),))
+    assert LastIsFresh.seen == [(1, 0), (2, 1), (3, 2)]

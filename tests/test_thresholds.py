@@ -247,3 +247,10 @@ def test_freematch_multilabel_after_many_steps_rare_finding_never_below_the_nega
     t = rule.thresholds(0.0)
     assert (t[0] < t[1]).all() and (t[1] >= 0.5).all()  # a positive is never given below the negative threshold
     assert t[0, 1] < 0.1 and t[1, 1] == pytest.approx(0.5)  # rare finding: strict negatives, positives at 0.5
+
+
+def test_fixed_negative_threshold_never_above_the_positive_one():
+    t = FixedThreshold(2, tau=0.3, task="multi", tau_negative=0.5).thresholds(0.0)  # 1 - 0.5 = 0.5 > tau = 0.3
+    assert torch.allclose(t, torch.full((2, 2), 0.3))
+    pseudo, mask = select_pseudo_labels(torch.tensor([[0.4, 0.2]]), t, "multi")
+    assert pseudo.tolist() == [[1.0, 0.0]] and mask.all()  # p = 0.4 >= 0.3 is a positive, 0.2 a negative

@@ -121,3 +121,11 @@ def test_views_on_the_gpu_equal_the_cpu_views():
         cpu = make(batch, torch.Generator().manual_seed(3))
         gpu = make(batch.cuda(), torch.Generator().manual_seed(3))
         assert gpu.device.type == "cuda" and (gpu.cpu() - cpu).abs().mean() < 1e-3
+
+
+def test_labeled_and_unlabeled_streams_draw_apart_even_from_equal_seeds():
+    image = (torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 255).to(torch.uint8)
+    seeds = torch.tensor([123])
+    views = SSLViews(1, strong=False)({"labeled": (image, torch.tensor([0]), seeds),
+                                       "unlabeled": (image, torch.tensor([-1]), torch.tensor([0]), seeds)})  # fmt: skip
+    assert not torch.allclose(views["labeled"][0], views["unlabeled"][0])

@@ -42,8 +42,12 @@ def _checkpoint(target: str, which: str) -> Path:
         return path
     metrics = path / "metrics.json"
     if which == "best" and metrics.is_file():
-        named = Path(json.loads(metrics.read_text())["checkpoint"]).name  # the file name; the folder may have moved
-        return path / "checkpoints" / named
+        try:
+            named = json.loads(metrics.read_text()).get("checkpoint", "")
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{metrics} is not valid JSON ({e}); pass a checkpoint file instead") from None
+        if named:  # the file name only: the folder may have moved
+            return path / "checkpoints" / Path(named).name
     return path / "checkpoints" / f"{which}.ckpt"
 
 
@@ -110,7 +114,7 @@ DEMO_MARK = ".clcpmt-demo"
 
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
     from .export import export_onnx, model_card
-    from .runner import load_system
+    from .runner import load_system, writable_folder
 
     if overrides:
         raise ConfigError(f"export takes no config overrides; got {' '.join(overrides)}")
@@ -118,6 +122,7 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    writable_folder(out.parent, "--out's folder")
     module, cfg = load_system(ckpt)
     export_onnx(module, cfg, out, args.model, str(ckpt))
     run_dir = ckpt.parent.parent

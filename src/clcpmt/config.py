@@ -82,7 +82,8 @@ class MethodConfig:
     # SupCon keys, so rare classes meet positives outside their batch (0: off; SPEC §3.3's option)
     tau: float = 0.95
     tau_min: float = 0.5
-    tau_negative: float = 0.95  # multi-label: negative pseudo-label when p <= 1 - tau_negative (1: none)
+    tau_negative: float = 0.95  # multi-label FixMatch / CAPR: negative pseudo-label when p <= 1 - it (1: none);
+    # FlexMatch and FreeMatch set their own per finding
     status: str = "confidence"  # confidence | count
     momentum: float = 0.999
     warmup_epochs: float = 5.0
@@ -148,6 +149,11 @@ def _coerce(value: Any, kind: Any, key: str, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: {key} must be a mapping; got {value!r}")
         return dict(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),

@@ -20,8 +20,9 @@ def quiet_lightning_logs() -> None:
     """One copy of each Lightning line and none of its advertisements: Lightning prints through its own handler,
     so its records must not also reach the root handler the CLI sets up."""
     lightning_log = logging.getLogger("lightning.pytorch")
-    lightning_log.propagate = False
-    for handler in lightning_log.handlers:
+    if lightning_log.handlers:  # Lightning was imported before the CLI's handler existed and printed through its own
+        lightning_log.propagate = False
+    for handler in lightning_log.handlers + logging.getLogger().handlers:
         if _no_tips not in handler.filters:
             handler.addFilter(_no_tips)
 

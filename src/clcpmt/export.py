@@ -62,14 +62,17 @@ def export_onnx(module: SSLModule, cfg: Config, out: str | Path, model: str = "t
 
 def onnx_metadata(path: str | Path) -> dict[str, str]:
     """The metadata clcpmt wrote into an exported file (errors name the file when it is not one)."""
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CheckpointError(f"{path}: reading ONNX files needs onnxruntime (pip install onnxruntime)") from None
 
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail / InvalidProtobuf types
         raise CheckpointError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e})") from None
     meta = session.get_modelmeta().custom_metadata_map
-    if "classes" not in meta:
+    if not {"classes", "input_size", "center_crop", "mean", "std"} <= set(meta):
         raise CheckpointError(f"{path} was not exported by `clcpmt export` (no classes in its metadata)")
     return meta
 

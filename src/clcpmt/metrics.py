@@ -127,7 +127,8 @@ def srcmt_metrics(
     """SRC-MT protocol: per class one-vs-rest, binarised at p >= threshold; unweighted means over classes.
 
     probs: (N, C); targets: (N,) class indices, or (N, C) 0/1 for multi-label. Returns auc, acc, sens, spec, f1.
-    A class absent from the targets is left out of the sensitivity mean (and of F1's when it was never predicted).
+    As SRC-MT's reference code (scikit-learn per class): a class absent from the targets counts 0 in the sensitivity
+    and F1 means, so the numbers stay comparable with the published tables; AUC leaves it out.
     """
     probs, c = probs.float(), probs.shape[1]
     onehot = targets.long() if targets.ndim == 2 else torch.nn.functional.one_hot(targets.long(), c)
@@ -138,9 +139,9 @@ def srcmt_metrics(
     return {
         "auc": auc.nanmean(),
         "acc": ((tp + tn) / (tp + tn + fp + fn)).mean(),
-        "sens": _undefined_as_nan(tp, tp + fn).nanmean(),
-        "spec": _undefined_as_nan(tn, tn + fp).nanmean(),
-        "f1": _undefined_as_nan(2 * tp, 2 * tp + fp + fn).nanmean(),
+        "sens": _safe_div(tp, tp + fn).mean(),
+        "spec": _safe_div(tn, tn + fp).mean(),
+        "f1": _safe_div(2 * tp, 2 * tp + fp + fn).mean(),
     }
 
 
@@ -173,8 +174,8 @@ def format_report(
     absent = absent_classes(targets, len(classes))
     if absent:
         names = ", ".join(classes[i] for i in absent)
-        lines.append(f"warning: no {names} in these targets: left out of every mean over classes (AUC, balanced "
-                     "accuracy, recall; F1 where never predicted), as scikit-learn does")  # fmt: skip
+        lines.append(f"warning: no {names} in these targets: left out of the standard protocol's means (AUC, "
+                     "balanced accuracy as scikit-learn's, F1 where never predicted); srcmt counts them 0")  # fmt: skip
     if not multi:
         lines.append("confusion (rows truth, columns prediction): " + " ".join(classes))
         lines += [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -102,10 +103,11 @@ class SSLModule(L.LightningModule):
 
     def _stop_on_non_finite(self, out: object) -> None:
         terms = [k for k, v in out.logs.items() if k.startswith("loss/") and not torch.isfinite(v).all()]
-        last = self.trainer.checkpoint_callback.last_model_path if self.trainer.checkpoint_callback else ""
+        saved = [Path(c.dirpath) / "last.ckpt" for c in self.trainer.checkpoint_callbacks if c.dirpath]
+        last = next((str(p) for p in saved if p.is_file()), "")
         raise TrainingError(
             f"step {self.global_step} (epoch {self.current_epoch}): the loss is {out.loss.item()} (not finite in "
-            f"{', '.join(terms) or 'the total'}); nothing of this step was applied. Last good checkpoint: "
+            f"{', '.join(terms) or 'the total'}); its optimiser step was not taken. Last good checkpoint: "
             f"{last or 'none yet'}. Lower train.lr, or look for broken images or labels"
         )
 

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import warnings
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -197,10 +198,12 @@ def train(
         filename="best",
         monitor=cfg.train.monitor,
         mode="max",
-        save_last=True,
         save_top_k=1,
         enable_version_counter=False,  # always best.ckpt: never a best-v1.ckpt beside a stale best.ckpt
     )
+    # last.ckpt after every epoch, for resuming: its own callback, because Lightning's save_last writes it only in an
+    # epoch whose best checkpoint was also written (an epoch that did not improve would be lost to a kill)
+    latest = ModelCheckpoint(run_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False)
     # a resumed run logs into logs/resume_N/: Lightning's CSVLogger would delete the earlier epochs' metrics.csv
     version = f"resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}" if resume and last.exists() else ""
     bar = [RunProgressBar()] if cfg.train.progress_bar else []
@@ -209,7 +212,7 @@ def train(
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
         precision=cfg.train.precision,
-        callbacks=[best, EpochLine(), *bar, *callbacks],
+        callbacks=[best, latest, EpochLine(), *bar, *callbacks],
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
         logger=[
@@ -295,6 +298,7 @@ def read_checkpoint(path: str | Path) -> dict:
 RESUMABLE_KEYS = {
     "run_dir", "data.images", "data.labels", "data.train_list", "data.val_list", "data.test_list", "data.cache_dir",
     "data.num_workers", "train.accelerator", "train.devices", "train.progress_bar",
+    "data.splits",  # a resumed run reads its own split files whatever this says (resumed_config)
 }  # fmt: skip
 
 
@@ -444,10 +448,11 @@ def predict(
         raise DataError(f"--out {out} is a folder; give the path of the CSV file to write")
     if out.exists() and not overwrite:
         raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    writable_folder(out.parent, "--out's folder")  # before any decoding or inference
     paths = list_images(source)
-    stems = [p.stem for p in paths]
-    if len(set(stems)) != len(stems):
-        dup = sorted({str(p) for p in paths if stems.count(p.stem) > 1})
+    stems = Counter(p.stem for p in paths)
+    if len(stems) != len(paths):
+        dup = sorted(str(p) for p in paths if stems[p.stem] > 1)
         raise DataError(f"{source}: images with the same name would get the same id: {', '.join(dup[:4])}")
     # decoded in memory: predict writes nothing but --out (the training run's cache may not be writable here)
     if Path(checkpoint).suffix == ".onnx":  # an exported model: its preprocessing is in its metadata

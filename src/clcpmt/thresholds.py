@@ -84,7 +84,8 @@ def with_negative(positive: torch.Tensor, task: str, tau_negative: float) -> tor
     (SPEC §3.4's T-; tau_negative = 1: no negatives)."""
     if task == "single":
         return positive
-    return torch.stack([torch.full_like(positive, 1.0 - tau_negative), positive])
+    # never above the positive threshold: a pair is never both (positive wins ties in select_pseudo_labels)
+    return torch.stack([torch.full_like(positive, 1.0 - tau_negative).minimum(positive), positive])
 
 
 class FixedThreshold(nn.Module):

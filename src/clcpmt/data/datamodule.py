@@ -62,16 +62,17 @@ class SSLViews:
         self.labeled_views, self.strong, self.views = labeled_views, strong, BatchViews()
 
     @staticmethod
-    def _generator(seeds: torch.Tensor) -> torch.Generator:
-        return torch.Generator().manual_seed(int(seeds[0]))
+    def _generator(seeds: torch.Tensor, stream: int) -> torch.Generator:
+        # the stream keeps labeled and unlabeled parameters apart even when both samplers drew the same seeds
+        return torch.Generator().manual_seed((int(seeds[0]) + stream * 7_919) % 2**63)
 
     def __call__(self, batch: dict) -> dict:
         images, y, seeds = batch["labeled"]
-        g = self._generator(seeds)
+        g = self._generator(seeds, 0)
         out = {"labeled": (*(self.views.weak(images, g) for _ in range(self.labeled_views)), y)}
         if "unlabeled" in batch:
             images, hidden, index, seeds = batch["unlabeled"]
-            g = self._generator(seeds)
+            g = self._generator(seeds, 1)
             weak = self.views.weak(images, g)
             student = self.views.strong(images, g) if self.strong else self.views.weak(images, g)
             out["unlabeled"] = (weak, student, hidden, index)
