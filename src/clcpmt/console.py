@@ -17,12 +17,18 @@ log = logging.getLogger("clcpmt")
 
 
 def quiet_lightning_logs() -> None:
-    """One copy of each Lightning line and none of its advertisements: Lightning prints through its own handler,
-    so its records must not also reach the root handler the CLI sets up."""
-    lightning_log = logging.getLogger("lightning.pytorch")
-    if lightning_log.handlers:  # Lightning was imported before the CLI's handler existed and printed through its own
-        lightning_log.propagate = False
-    for handler in lightning_log.handlers + logging.getLogger().handlers:
+    """One copy of each Lightning line and none of its advertisements. Lightning gives its loggers handlers of their
+    own; where the CLI has set up the root handler, those would print every line a second time, so they go."""
+    root = logging.getLogger()
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lightning_log = logging.getLogger(name)
+        if root.handlers:
+            lightning_log.handlers.clear()
+            lightning_log.propagate = True
+        for handler in lightning_log.handlers:
+            if _no_tips not in handler.filters:
+                handler.addFilter(_no_tips)
+    for handler in root.handlers:
         if _no_tips not in handler.filters:
             handler.addFilter(_no_tips)
 

@@ -346,7 +346,8 @@ def load_system(checkpoint: str | Path, announce: bool = True) -> tuple[SSLModul
     module = build_system(cfg, tuple(hp["classes"]), _table_size(ckpt), hp["steps_per_epoch"], hp["task"], quiet=True)
     module.load_state_dict(ckpt["state_dict"])
     if announce:
-        log.info("%s (epoch %s): teacher and student weights from this checkpoint", checkpoint, ckpt.get("epoch", "?"))
+        epoch = ckpt["epoch"] + 1 if isinstance(ckpt.get("epoch"), int) else "?"
+        log.info("%s (epoch %s): teacher and student weights from this checkpoint", checkpoint, epoch)
     return module.eval(), cfg
 
 
