@@ -240,3 +240,17 @@ def test_last_checkpoint_is_written_after_every_epoch_even_one_that_did_not_impr
                                  **{"train.epochs": 4, "train.steps_per_epoch": 2, "train.lr": 1e-7}))  # fmt: skip
     train(cfg, callbacks=(LastIsFresh(),))
     assert LastIsFresh.seen == [(1, 0), (2, 1), (3, 2)]
+
+
+def test_a_checkpoint_that_does_not_fit_its_model_is_one_clear_error(tmp_path, capsys):
+    from PIL import Image
+
+    run = _finished_run(tmp_path)
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)
+    del ckpt["state_dict"]["teacher.classifier.bias"]  # as from another version's model
+    torch.save(ckpt, tmp_path / "odd.ckpt")
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")
+    assert main(["predict", str(tmp_path / "odd.ckpt"), "--images", str(tmp_path / "imgs"),
+                 "--out", str(tmp_path / "p.csv")]) == 2  # fmt: skip
+    assert "does not fit the model its own config builds" in capsys.readouterr().err

@@ -344,7 +344,12 @@ def load_system(checkpoint: str | Path, announce: bool = True) -> tuple[SSLModul
     cfg = replace(cfg, model=replace(cfg.model, pretrained="none"))  # the weights come from the checkpoint
     hp = ckpt["hyper_parameters"]
     module = build_system(cfg, tuple(hp["classes"]), _table_size(ckpt), hp["steps_per_epoch"], hp["task"], quiet=True)
-    module.load_state_dict(ckpt["state_dict"])
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:  # missing / unexpected / mis-shaped tensors
+        first = str(e).strip().splitlines()[1].strip() if len(str(e).strip().splitlines()) > 1 else str(e)
+        raise CheckpointError(f"{checkpoint} does not fit the model its own config builds ({first}); it may come "
+                              "from another version of clcpmt") from None  # fmt: skip
     if announce:
         epoch = ckpt["epoch"] + 1 if isinstance(ckpt.get("epoch"), int) else "?"
         log.info("%s (epoch %s): teacher and student weights from this checkpoint", checkpoint, epoch)
