@@ -114,15 +114,13 @@ DEMO_MARK = ".clcpmt-demo"
 
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
     from .export import export_onnx, model_card
-    from .runner import load_system, writable_folder
+    from .runner import check_out, load_system
 
     if overrides:
         raise ConfigError(f"export takes no config overrides; got {' '.join(overrides)}")
     ckpt = _checkpoint(args.target, args.checkpoint)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
-    writable_folder(out.parent, "--out's folder")
+    check_out(out, args.overwrite)
     module, cfg = load_system(ckpt)
     export_onnx(module, cfg, out, args.model, str(ckpt))
     run_dir = ckpt.parent.parent
@@ -179,6 +177,13 @@ def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"results: {out / 'results.csv'}, {out / 'results.md'}")
 
 
+def _model_choice(p: argparse.ArgumentParser) -> None:
+    """The options predict and export share: which checkpoint, which model, and whether --out may be replaced."""
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--model", default="teacher", choices=("teacher", "student"))
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="clcpmt", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -208,16 +213,12 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("target", help="run folder, checkpoint file, or .onnx file from `clcpmt export`")
     pr.add_argument("--images", required=True, help="image folder, or a text file with one image path per line")
     pr.add_argument("--out", required=True, help="CSV to write: image,MEL,NV,...")
-    pr.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    pr.add_argument("--model", default="teacher", choices=("teacher", "student"))
-    pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _model_choice(pr)
     pr.set_defaults(func=cmd_predict)
     x = sub.add_parser("export", help="the teacher (or student) as ONNX, preprocessing in its metadata, + model card")
     x.add_argument("target", help="run folder or checkpoint file")
     x.add_argument("--out", required=True, help="the .onnx file to write (MODEL_CARD.md goes beside it)")
-    x.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    x.add_argument("--model", default="teacher", choices=("teacher", "student"))
-    x.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _model_choice(x)
     x.set_defaults(func=cmd_export)
     r = sub.add_parser("report", help="one self-contained HTML page about one or more runs")
     r.add_argument("runs", nargs="+", metavar="RUN_DIR")

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .plots import run_logs
+from .plots import class_panels, epoch_log
 
 HEADLINE = (("standard/auc", "macro AUC"), ("standard/bacc", "balanced acc"), ("standard/f1", "macro F1"))
 STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}
@@ -62,14 +62,6 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def epoch_log(run_dir: Path) -> pd.DataFrame:
-    """The run's logged values per epoch (last value of each column in each epoch), resumed parts included."""
-    logs = run_logs(run_dir)
-    if not logs:
-        return pd.DataFrame()
-    return pd.concat([pd.read_csv(p) for p in logs], ignore_index=True).groupby("epoch").last()
-
-
 def _curves(df: pd.DataFrame, prefixes: tuple[str, ...], title: str, ylim: tuple | None = None) -> str:
     cols = [c for c in df.columns if c.startswith(prefixes) and df[c].notna().any()]
     if not cols:
@@ -83,16 +75,9 @@ def _curves(df: pd.DataFrame, prefixes: tuple[str, ...], title: str, ylim: tuple
 
 
 def _class_panels(df: pd.DataFrame) -> str:
-    names = ("threshold", "accept_rate", "pl_precision", "neg_threshold", "neg_rate", "neg_missed")
-    panels = [p for p in names if any(c.startswith(p + "/") for c in df.columns)]
-    if not panels:
+    fig = class_panels(df)
+    if fig is None:
         return "<p class=note>No pseudo-label rule in this method.</p>"
-    fig, axes = _figure(len(panels), 4.2)
-    for ax, panel in zip(axes, panels, strict=True):
-        for c in [c for c in df.columns if c.startswith(panel + "/")]:
-            ax.plot(df.index, df[c], marker=".", label=c.split("/", 1)[1])
-        ax.set(title=panel.replace("_", " "), xlabel="epoch", ylim=(0, 1.02))
-    axes[0].legend(fontsize=7)
     return _png(fig, "per-class thresholds, acceptance and pseudo-label precision over training")
 
 

@@ -445,16 +445,21 @@ def list_images(source: str | Path) -> list[Path]:
     return paths
 
 
+def check_out(out: Path, overwrite: bool) -> None:
+    """An output file path (predict, export), checked before any decoding or inference."""
+    if out.is_dir():
+        raise DataError(f"--out {out} is a folder; give the path of the file to write")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    writable_folder(out.parent, "--out's folder")
+
+
 def predict(
     checkpoint: str | Path, source: str | Path, out: str | Path, model: str = "teacher", overwrite: bool = False
 ) -> Path:
     """Write class probabilities in the ISIC submission format: image + one column per class."""
     out = Path(out)
-    if out.is_dir():
-        raise DataError(f"--out {out} is a folder; give the path of the CSV file to write")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
-    writable_folder(out.parent, "--out's folder")  # before any decoding or inference
+    check_out(out, overwrite)
     paths = list_images(source)
     stems = Counter(p.stem for p in paths)
     if len(stems) != len(paths):
