@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clcpmt.bench import bench, final_thresholds, grid_runs, load_grid, markdown, run_name
+from clcpmt.bench import bench, final_pseudo_labels, grid_runs, load_grid, markdown, run_name
 from clcpmt.config import ConfigError
 
 
@@ -46,16 +46,24 @@ def test_markdown_mean_and_std():
     assert table.splitlines()[0] == "| method | labeled | n | AUC |"  # columns no run has are left out
 
 
-def test_final_thresholds_are_the_last_logged_epochs_also_of_a_resumed_run(tmp_path):
+def test_final_pseudo_labels_are_the_last_logged_epochs_also_of_a_resumed_run(tmp_path):
     log = tmp_path / "logs" / "metrics.csv"  # Lightning's CSV: training-step rows without thresholds between epochs
     log.parent.mkdir()
-    log.write_text("epoch,threshold/a,threshold/b,val/auc\n0,0.9,0.8,\n0,,,70\n1,0.7,0.6,\n1,,,75\n")
-    assert final_thresholds(tmp_path) == {"final_threshold/a": 0.7, "final_threshold/b": 0.6}
+    log.write_text(
+        "epoch,threshold/a,threshold/b,accept_rate/a,pl_precision/a,val/auc\n"
+        "0,0.9,0.8,0.1,0.5,\n0,,,,,70\n1,0.7,0.6,0.25,0.75,\n1,,,,,75\n"
+    )
+    assert final_pseudo_labels(tmp_path) == {
+        "final_threshold/a": 0.7,
+        "final_threshold/b": 0.6,
+        "final_accept_rate/a": 25.0,
+        "final_pl_precision/a": 75.0,
+    }
     for n, value in ((2, 0.5), (10, 0.4)):  # resumed twice more: logs/resume_N/, in numeric order
         (tmp_path / "logs" / f"resume_{n}").mkdir()
         (tmp_path / "logs" / f"resume_{n}" / "metrics.csv").write_text(f"epoch,threshold/a\n{n},{value}\n")
-    assert final_thresholds(tmp_path) == {"final_threshold/a": 0.4}
-    assert final_thresholds(tmp_path / "absent") == {}
+    assert final_pseudo_labels(tmp_path) == {"final_threshold/a": 0.4}
+    assert final_pseudo_labels(tmp_path / "absent") == {}
 
 
 def test_tiny_grid_runs_once_and_skips_finished_runs(tmp_path):
@@ -74,9 +82,12 @@ def test_tiny_grid_runs_once_and_skips_finished_runs(tmp_path):
     assert (out / "fixmatch_lab0.2_seed0" / "thresholds.png").is_file()
     grid_page = (out / "report.html").read_text()  # the grid's report: the comparison, and a link to each run's own
     assert "Comparison (testing, teacher)" in grid_page and 'href="fixmatch_lab0.2_seed0/report.html"' in grid_page
-    per_class, thresholds = text.split("Per-class AUC")[1].split("Per-class thresholds")
+    per_class, rest = text.split("Per-class AUC")[1].split("Per-class thresholds")
+    thresholds, pseudo_labels = rest.split("Per-class acceptance")
     assert "| supervised | 0.2 | 1 |" in per_class and "| MEL | NV |" in per_class
     assert "supervised" not in thresholds and "| fixmatch | 0.2 | 1 | " + " | ".join(["0.95"] * 7) + " |" in thresholds
+    assert "supervised" not in pseudo_labels and "Per-class precision of the accepted" in pseudo_labels
+    assert "final_accept_rate/MEL" in row and "| fixmatch | 0.2 | 1 |" in pseudo_labels.split("Per-class precision")[1]
     stamp = (out / "supervised_lab0.2_seed0" / "metrics.json").stat().st_mtime
     bench(path)
     assert (out / "supervised_lab0.2_seed0" / "metrics.json").stat().st_mtime == stamp
@@ -106,7 +117,6 @@ def test_variants_run_in_parallel_and_are_tabulated_on_validation(tmp_path):
 
 
 def test_wall_time_sums_the_attempts_of_a_resumed_run_and_a_finished_run_drops_last_ckpt(tmp_path, monkeypatch):
-    import subprocess
     import time as time_module
 
     import clcpmt.bench as bench_module
@@ -124,7 +134,7 @@ def test_wall_time_sums_the_attempts_of_a_resumed_run_and_a_finished_run_drops_l
         (run_dir / "checkpoints" / "last.ckpt").write_text("")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(subprocess, "run", interrupted)
+    monkeypatch.setattr(bench_module, "run_child", interrupted)
     with pytest.raises(KeyboardInterrupt):
         bench_module.run_one(grid, "supervised", 0.2, 0)
     assert (run_dir / "wall_time.txt").read_text() == "30\n"
@@ -134,7 +144,7 @@ def test_wall_time_sums_the_attempts_of_a_resumed_run_and_a_finished_run_drops_l
         (run_dir / "checkpoints" / "best.ckpt").write_text("")
         (run_dir / "metrics.json").write_text("{}")
 
-    monkeypatch.setattr(subprocess, "run", finishes)
+    monkeypatch.setattr(bench_module, "run_child", finishes)
     bench_module.run_one(grid, "supervised", 0.2, 0)
     assert (run_dir / "wall_time.txt").read_text() == "75\n"
     assert not (run_dir / "checkpoints" / "last.ckpt").exists()  # finished: only best.ckpt is kept
@@ -194,3 +204,97 @@ def test_readme_names_every_grid_key():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [f.name for f in dataclasses.fields(Grid) if f"`{f.name}`" not in readme]
     assert not missing, f"README.md does not name the grid keys {missing}"
+
+
+def test_sigterm_stops_the_training_process_and_starts_no_other(tmp_path):
+    """`kill <bench>` must not orphan the run's training process (it would go on training, and a restarted bench
+    would train the same folder twice at once), and must not start the grid's next run."""
+    import os
+    import signal
+    import subprocess
+    import textwrap
+    import time
+
+    pids = tmp_path / "pids.txt"
+    fake_train = tmp_path / "fake_python.sh"  # stands in for `python -m clcpmt.cli train`: logs its pid, then waits
+    fake_train.write_text(f"#!/bin/sh\necho $$ >> {pids}\nexec sleep 120\n")
+    fake_train.chmod(0o755)
+    grid = tmp_path / "g.yaml"
+    grid.write_text(f"config: demo\nout: {tmp_path / 'out'}\nmethods: [supervised, mean_teacher]\nseeds: [0]\n")
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+                import sys
+                from clcpmt import bench
+                sys.executable = {str(fake_train)!r}
+                bench.bench({str(grid)!r})
+            """),
+        ]
+    )
+    deadline = time.time() + 60
+    while not pids.is_file() and time.time() < deadline:
+        time.sleep(0.1)
+    assert pids.is_file(), "the first run never started"
+    child = int(pids.read_text().split()[0])
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # the training process is gone (and reaped by bench)
+    assert pids.read_text().split() == [str(child)], "bench started the next run after SIGTERM"
+
+
+def test_a_typo_in_any_run_is_an_error_before_the_first_run_trains(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        f"config: demo\nout: {tmp_path / 'b'}\nmethods: [supervised]\nseeds: [0]\ncross_variants: false\n"
+        "variants: {late: [--method.tau_mn=0.8]}\nextra_runs: ['clcp_mt:0.2:2:late']\n"
+    )
+    with pytest.raises(ConfigError, match=r"g\.yaml: run clcp_mt_lab0.2_seed2_late: .*'method.tau_mn'"):
+        bench(path)
+    assert not (tmp_path / "b" / "supervised_lab0.2_seed0").exists()  # nothing trained
+
+
+GRIDS = sorted((Path(__file__).parents[1] / "benchmarks").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.stem)
+def test_every_shipped_grid_builds_every_run(grid):
+    from clcpmt.bench import check_runs
+
+    check_runs(load_grid(grid), grid)
+
+
+def test_compare_table_paired_differences_and_gap_closed(tmp_path, capsys, monkeypatch):
+    """Hand-computed: CLCP-MT − MT per seed +2, +4: mean +3.00, SE stdev(2, 4)/√2 = 1.00; CLCP-MT − supervised +6, +5:
+    +5.50 ± 0.50; MT − supervised +4, +1: +2.50 ± 1.50; gap closed by CLCP-MT (mean of its 3 seeds 46.83 − 41) /
+    (60 − 41) = 31 %, by MT (43.5 − 41) / 19 = 13 %; at 5 % one seed: no SE, (33 − 30) / (60 − 30) = 10 %."""
+    compare = _script("compare")
+    path = tmp_path / "results.csv"
+    rows = [
+        ("supervised", 1.0, 0, 60),
+        ("supervised", 0.2, 0, 40),
+        ("supervised", 0.2, 1, 42),
+        ("mean_teacher", 0.2, 0, 44),
+        ("mean_teacher", 0.2, 1, 43),
+        ("clcp_mt", 0.2, 0, 46),
+        ("clcp_mt", 0.2, 1, 47),
+        ("clcp_mt", 0.2, 2, 47.5),  # no partner seed: left out of the paired differences, not of the mean
+        ("clcp_mt", 0.2, 0, 50, "debias"),  # a variant is its own row, paired with the others on its seeds
+        ("supervised", 0.05, 0, 30),
+        ("clcp_mt", 0.05, 0, 33),
+    ]
+    text = "method,variant,labeled,seed,standard/auc,standard/bacc\n"
+    text += "".join(f"{r[0]},{r[4] if len(r) > 4 else ''},{r[1]},{r[2]},90,{r[3]}\n" for r in rows)
+    path.write_text(text)
+    monkeypatch.setattr(sys, "argv", ["compare.py", str(path), "--metric", "standard/bacc"])
+    compare.main()
+    out = capsys.readouterr().out
+    assert "| clcp_mt | 0.2 | 3 | 90.00 ± 0.00 | 46.83 ± 0.76 |" in out
+    assert "| clcp_mt | 0.2 | +3.00 ± 1.00 | +5.50 ± 0.50 | 31 % |" in out
+    assert "| mean_teacher | 0.2 |  | +2.50 ± 1.50 | 13 % |" in out
+    assert "| clcp_mt | 0.05 | - | +3.00 (n = 1) | 10 % |" in out
+    assert "| clcp_mt+debias | 0.2 | +6.00 (n = 1) | +10.00 (n = 1) | 47 % |" in out
+    assert "| supervised | 1 | 1 |" in out and "| supervised | 1 |  |" not in out  # the ceiling: no difference row

@@ -60,7 +60,7 @@ def test_saved_config_reads_back_identically(tmp_path):
     assert config_from_dict(to_dict(cfg)) == cfg
 
 
-@pytest.mark.parametrize("name", ["demo", "isic2018_cpu", "isic2018_densenet121_224"])
+@pytest.mark.parametrize("name", ["demo", "isic2018_cpu", "isic2018_cpu64", "isic2018_densenet121_224"])
 def test_packaged_configs_load(name):
     cfg = load_config(resolve_config(name))
     assert cfg.method.name == "clcp_mt"
@@ -117,11 +117,19 @@ def test_teacher_bn_is_a_checked_choice():
         ("--data.batch_unlabeled=0", r"data\.batch_unlabeled must be >= 1; got 0"),
         ("--train.steps_per_epoch=-5", r"train\.steps_per_epoch must be >= 0; got -5"),
         ("--data.num_workers=-1", r"data\.num_workers must be >= 0; got -1"),
+        ("--method.debias=-1", r"method\.debias must be >= 0 .*got -1"),
+        ("--method.debias_momentum=1", r"method\.debias_momentum must be in \[0, 1\)"),
     ],
 )
 def test_bad_numbers_stop_at_the_config_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_debias_is_for_the_methods_that_pseudo_label_from_the_teacher():
+    assert load_config(None, ["--method.debias=1"]).method.debias == 1.0  # clcp_mt
+    with pytest.raises(ConfigError, match=r"method\.debias .* is for clcp_mt or mt_capr .*method\.name=fixmatch"):
+        load_config(None, ["--method.debias=1", "--method.name=fixmatch"])
 
 
 def test_labeled_count_and_fraction_accepted():

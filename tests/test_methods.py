@@ -226,3 +226,30 @@ def test_each_method_forwards_only_the_views_it_uses(name):
         b.x2 = None  # the data path does not make a view the method does not use
     method.step(b, student, teacher, LATE).loss.backward()
     assert (student.rows, teacher.rows) == FORWARD_ROWS[name]
+
+
+class ConstantTeacher(nn.Module):
+    """A teacher whose probabilities are the same for every image: (0.55, 0.45, 0, 0) after softmax."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.tensor([0.55, 0.45, 1e-9, 1e-9]).log().expand(len(x), C)
+        return logits, torch.zeros(len(x), 4)
+
+
+def test_debias_lets_an_under_predicted_class_pass_a_threshold_its_raw_probability_never_reaches():
+    """Raw: max p 0.55 < T = 0.6 everywhere, nothing kept. With p_bar = (0.9, 0.1, ...), strength 1:
+    p~ ∝ (0.55 / 0.9, 0.45 / 0.1) = (0.61, 4.5) -> class 1 with 0.88 >= 0.6, kept."""
+    student, _ = make_models()
+    hp = dict(tau=0.6, tau_min=0.6, warmup_epochs=100.0, rampup_epochs=0.0)  # a fixed threshold of 0.6
+    plain = build_method("mt_capr", C, num_unlabeled=10, **hp).step(make_batch(), student, ConstantTeacher(), LATE)
+    assert not plain.mask.any()
+    method = build_method("mt_capr", C, num_unlabeled=10, debias=1.0, debias_momentum=0.0, **hp)
+    method.debias.momentum = 1.0  # hold p_bar where the test puts it
+    method.debias.class_probs.copy_(torch.tensor([0.9, 0.1, 0.5, 0.5]))
+    out = method.step(make_batch(), student, ConstantTeacher(), LATE)
+    assert out.mask.all() and (out.pseudo == 1).all()
+    assert out.loss.requires_grad  # the pseudo-label term still trains the student
+    with pytest.raises(ValueError, match="method.debias needs single-label data"):
+        build_method("fixmatch", C, num_unlabeled=10, debias=1.0)
+    with pytest.raises(ValueError, match="method.debias needs single-label data"):
+        build_method("clcp_mt", C, num_unlabeled=10, task="multi", debias=1.0)

@@ -254,3 +254,23 @@ def test_fixed_negative_threshold_never_above_the_positive_one():
     assert torch.allclose(t, torch.full((2, 2), 0.3))
     pseudo, mask = select_pseudo_labels(torch.tensor([[0.4, 0.2]]), t, "multi")
     assert pseudo.tolist() == [[1.0, 0.0]] and mask.all()  # p = 0.4 >= 0.3 is a positive, 0.2 a negative
+
+
+def test_debias_probs_hand_values_and_running_mean():
+    from clcpmt.thresholds import Debias, debias_probs
+
+    p = torch.tensor([[0.6, 0.3, 0.1]])
+    # p / p_bar = (1.2, 1.0, 0.5), normalised by 2.7
+    out = debias_probs(p, torch.tensor([0.5, 0.3, 0.2]), 1.0)
+    assert torch.allclose(out, torch.tensor([[1.2, 1.0, 0.5]]) / 2.7, atol=1e-6)
+    # strength 0.5: p / sqrt(p_bar) = (0.8485, 0.5477, 0.2236), normalised by 1.6198
+    half = debias_probs(p, torch.tensor([0.5, 0.3, 0.2]), 0.5)
+    assert torch.allclose(half, torch.tensor([[0.8485, 0.5477, 0.2236]]) / 1.6198, atol=1e-4)
+    assert torch.allclose(debias_probs(p, torch.full((3,), 1 / 3), 1.0), p, atol=1e-6)  # uniform p_bar: unchanged
+    d = Debias(3, strength=1.0, momentum=0.9)
+    d.update(torch.tensor([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1]]))  # 0.9 / 3 + 0.1 · batch mean
+    assert torch.allclose(d.class_probs, torch.tensor([0.36, 0.33, 0.31]), atol=1e-6)
+    assert torch.allclose(d(p), debias_probs(p, torch.tensor([0.36, 0.33, 0.31])), atol=1e-6)
+    fresh = Debias(3)
+    fresh.load_state_dict(d.state_dict())  # the running mean is saved with the method
+    assert torch.equal(fresh.class_probs, d.class_probs)

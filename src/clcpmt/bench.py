@@ -14,8 +14,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,8 +77,66 @@ def grid_runs(grid: Grid) -> list[Run]:
     return list(dict.fromkeys(runs))
 
 
+_children: set[subprocess.Popen] = set()  # the `clcpmt train` processes now running
+_stopping = threading.Event()  # set by SIGTERM: no new training process starts
+
+
+def run_child(cmd: list[str], **popen_kwargs) -> None:
+    """Run one training process to its end; a non-zero exit is a CalledProcessError. It is registered so that a
+    SIGTERM to `bench` (`kill`, a scheduler's time limit) stops it too: by default the child would be orphaned and go
+    on training, and a restarted bench would then train the same run folder twice at once."""
+    if _stopping.is_set():
+        raise SystemExit("bench is stopping: no new run started")
+    proc = subprocess.Popen(cmd, **popen_kwargs)
+    _children.add(proc)
+    try:
+        code = proc.wait()
+    finally:
+        _children.discard(proc)
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
+
+
+def _stop_children(signum: int, frame: object) -> None:
+    _stopping.set()
+    for proc in list(_children):
+        proc.terminate()  # each run's last checkpoint is already on disk (written atomically): it resumes from it
+    for proc in list(_children):
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    raise SystemExit(128 + signum)
+
+
 def run_name(method: str, labeled: float, seed: int, variant: str = "") -> str:
     return f"{method}_lab{labeled:g}_seed{seed}" + (f"_{variant}" if variant else "")
+
+
+def run_overrides(grid: Grid, method: str, labeled: float, seed: int, variant: str = "") -> list[str]:
+    """The `clcpmt train` overrides of one run of the grid (after `--config grid.config`)."""
+    return [
+        f"--run_dir={Path(grid.out) / run_name(method, labeled, seed, variant)}",
+        f"--method.name={method}",
+        f"--data.labeled={labeled}",
+        f"--data.seed={seed}",
+        f"--train.seed={seed}",
+        *grid.overrides,
+        *grid.variants.get(variant, []),
+    ]
+
+
+def check_runs(grid: Grid, path: str | Path) -> None:
+    """Build every run's configuration before any trains: a typo in a variant used by the grid's last run is an
+    error now, naming the run, not after hours of training."""
+    from .cli import resolve_config
+    from .config import load_config
+
+    for run in grid_runs(grid):
+        try:
+            load_config(resolve_config(grid.config), run_overrides(grid, *run))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: run {run_name(*run)}: {e}") from None
 
 
 def run_one(grid: Grid, method: str, labeled: float, seed: int, variant: str = "") -> Path:
@@ -87,17 +147,7 @@ def run_one(grid: Grid, method: str, labeled: float, seed: int, variant: str = "
         if (run_dir / "config.yaml").is_file():  # started before: resume (from last.ckpt, or from scratch if none)
             cmd += ["--resume", str(run_dir)]
         else:
-            cmd += [
-                "--config",
-                grid.config,
-                f"--run_dir={run_dir}",
-                f"--method.name={method}",
-                f"--data.labeled={labeled}",
-                f"--data.seed={seed}",
-                f"--train.seed={seed}",
-                *grid.overrides,
-                *grid.variants.get(variant, []),
-            ]
+            cmd += ["--config", grid.config, *run_overrides(grid, method, labeled, seed, variant)]
         cmd += ["--train.progress_bar=false"]
         # wall_time.txt sums every attempt of a resumed run (an attempt killed by SIGKILL is not counted)
         wall = run_dir / "wall_time.txt"
@@ -106,9 +156,9 @@ def run_one(grid: Grid, method: str, labeled: float, seed: int, variant: str = "
             if grid.jobs > 1:  # interleaved output of parallel runs would be unreadable
                 run_dir.mkdir(parents=True, exist_ok=True)
                 with open(run_dir / "train.log", "a") as log:
-                    subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+                    run_child(cmd, stdout=log, stderr=subprocess.STDOUT)
             else:
-                subprocess.run(cmd, check=True)
+                run_child(cmd)
         finally:
             if run_dir.is_dir():
                 wall.write_text(f"{before + time.time() - start:.0f}\n")
@@ -143,23 +193,30 @@ def collect(grid: Grid) -> list[dict]:
         row |= {prefix + k: v for k, v in metrics[f"{other}/teacher"].items() if k.startswith(("standard/", "auc/"))}
         if (run_dir / "official_test.json").is_file():
             row["official/bacc"] = json.loads((run_dir / "official_test.json").read_text())["standard/bacc"]
-        row |= final_thresholds(run_dir)
+        row |= final_pseudo_labels(run_dir)
         wall = run_dir / "wall_time.txt"
         row["wall_s"] = float(wall.read_text()) if wall.is_file() else float("nan")
         rows.append(row)
     return rows
 
 
-def final_thresholds(run_dir: Path) -> dict[str, float]:
-    """The per-class thresholds of the run's last logged epoch (pseudo-labelling methods; a resumed run's last log),
-    keyed `final_threshold/<class>`."""
+def final_pseudo_labels(run_dir: Path) -> dict[str, float]:
+    """The pseudo-label statistics of the run's last logged epoch (pseudo-labelling methods; a resumed run's last
+    log), per class: `final_threshold/<class>` (0-1), `final_accept_rate/<class>` (% of the unlabeled images the
+    teacher predicts as the class that passed its threshold in that epoch) and `final_pl_precision/<class>` (% of
+    those that are of the class by their hidden label)."""
     rows = []
     for log in run_logs(run_dir):
         with open(log, newline="") as f:
             rows += [r for r in csv.DictReader(f) if any(k.startswith("threshold/") and v for k, v in r.items())]
     if not rows:
         return {}
-    return {f"final_{k}": float(v) for k, v in rows[-1].items() if k.startswith("threshold/") and v}
+    scale = {"threshold/": 1.0, "accept_rate/": 100.0, "pl_precision/": 100.0}
+    return {
+        f"final_{k}": float(v) * scale[k.split("/")[0] + "/"]
+        for k, v in rows[-1].items()
+        if k.startswith(tuple(scale)) and v
+    }
 
 
 COLUMNS = [
@@ -213,9 +270,15 @@ def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Pa
     out = Path(grid.out)
     out.mkdir(parents=True, exist_ok=True)
     if not only_report:
-        with ThreadPoolExecutor(grid.jobs) as pool:  # threads only wait on `clcpmt train` processes
+        check_runs(grid, grid_path)
+        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+            signal.signal(signal.SIGTERM, _stop_children)
+        pool = ThreadPoolExecutor(grid.jobs)  # threads only wait on `clcpmt train` processes
+        try:
             for done in [pool.submit(run_one, grid, *run) for run in grid_runs(grid)]:
                 done.result()
+        finally:  # a failed run or a SIGTERM: the runs not yet started are not started
+            pool.shutdown(wait=True, cancel_futures=True)
     rows = collect(grid)
     if rows:
         keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -232,16 +295,24 @@ def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Pa
     text = f"{title}\n\n{markdown(rows, columns)}\n"
     keys = list(dict.fromkeys(k for r in rows for k in r))
     per_class = [(k, k.split("/", 1)[1]) for k in keys if k.startswith("auc/")]
-    classes = [name for _, name in per_class]  # the logger writes thresholds in alphabetical order: use the classes'
-    thresholds = sorted(
-        [(k, k.split("/", 1)[1]) for k in keys if k.startswith("final_threshold/")],
-        key=lambda kn: classes.index(kn[1]) if kn[1] in classes else len(classes),
-    )
+    classes = [name for _, name in per_class]
     if per_class:
         text += f"\nPer-class AUC, {grid.table_split} split\n\n{markdown(rows, per_class)}\n"
-    if thresholds:
-        with_thresholds = [r for r in rows if any(k in r for k, _ in thresholds)]
-        text += f"\nPer-class thresholds at the end of training\n\n{markdown(with_thresholds, thresholds)}\n"
+    titles = {
+        "final_threshold/": "Per-class thresholds at the end of training",
+        "final_accept_rate/": "Per-class acceptance at the end of training (%, last epoch; single-label: of the "
+        "unlabeled images the teacher predicts as the class, those that passed its threshold; multi-label: positive "
+        "pseudo-labels per unlabeled image)",
+        "final_pl_precision/": "Per-class precision of the accepted pseudo-labels at the end of training (%, by the "
+        "unlabeled images' hidden labels, last epoch)",
+    }
+    for prefix, title in titles.items():
+        cols = sorted(  # the logger writes them in alphabetical order: use the classes'
+            [(k, k.split("/", 1)[1]) for k in keys if k.startswith(prefix)],
+            key=lambda kn: classes.index(kn[1]) if kn[1] in classes else len(classes),
+        )
+        if cols:
+            text += f"\n{title}\n\n{markdown([r for r in rows if any(k in r for k, _ in cols)], cols)}\n"
     (out / "results.md").write_text(text)
     finished = [Path(grid.out) / run_name(*run) for run in grid_runs(grid)]
     finished = [d for d in finished if (d / "metrics.json").is_file()]

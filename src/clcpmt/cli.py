@@ -22,7 +22,7 @@ the command line wins over the file; unknown keys are errors. Sections: data, mo
 
 
 def resolve_config(name: str | None) -> Path | None:
-    """A config path, or the name of a packaged config (demo, isic2018_cpu, isic2018_densenet121_224)."""
+    """A config path, or the name of a packaged config (configs/: demo, isic2018_cpu, isic2018_cpu64, ...)."""
     if not name:
         return None
     path = Path(name)

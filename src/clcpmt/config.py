@@ -94,6 +94,9 @@ class MethodConfig:
     # batch (the batch's own statistics, not tracked); validation and inference always use the EMA statistics
     student_view: str = "default"  # teacher-based methods: default (strong; weak for mean_teacher, mt_sde) | strong |
     # weak; the FixMatch family always trains on the strong view
+    debias: float = 0.0  # clcp_mt / mt_capr, single-label: pseudo-label from softmax(log p_T - debias · log p_bar),
+    # p_bar the running mean of the teacher's class probabilities (DebiasPL); 0: off (CLCP-MT as published)
+    debias_momentum: float = 0.999  # EMA momentum of p_bar
 
 
 @dataclass(frozen=True)
@@ -301,8 +304,11 @@ def _validate_method(m: MethodConfig) -> None:
         raise ConfigError(f"method.sde_bank must be >= 0 (0: no memory bank); got {m.sde_bank}")
     if m.balance_strength < 0:
         raise ConfigError(f"method.balance_strength must be >= 0; got {m.balance_strength}")
-    if not 0.0 <= m.ema_decay < 1.0 or not 0.0 <= m.momentum < 1.0:
-        raise ConfigError("method.ema_decay and method.momentum must be in [0, 1)")
+    if not 0.0 <= m.ema_decay < 1.0 or not 0.0 <= m.momentum < 1.0 or not 0.0 <= m.debias_momentum < 1.0:
+        raise ConfigError("method.ema_decay, method.momentum and method.debias_momentum must be in [0, 1)")
+    if m.debias < 0 or m.debias > 0 and m.name not in ("clcp_mt", "mt_capr"):
+        raise ConfigError(f"method.debias must be >= 0 and is for clcp_mt or mt_capr (they pseudo-label from the "
+                          f"teacher); got {m.debias} with method.name={m.name}")  # fmt: skip
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from .losses import (
 )
 from .thresholds import (
     CAPRThreshold,
+    Debias,
     FixedThreshold,
     FlexMatchThreshold,
     FreeMatchThreshold,
@@ -154,6 +155,8 @@ class SSLMethod(nn.Module):
         prior: torch.Tensor | None = None,
         sde_bank: int = 0,
         proj_dim: int = 128,
+        debias: float = 0.0,
+        debias_momentum: float = 0.999,
     ) -> None:
         super().__init__()
         self.recipe, self.task = recipe, task
@@ -168,6 +171,13 @@ class SSLMethod(nn.Module):
         self.register_buffer("prior", None if prior is None else prior.float())
         # SDE's optional memory bank of earlier labeled views (None: off, or a method without SDE)
         self.bank = SDEBank(sde_bank, proj_dim, num_classes, task) if recipe.contrastive and sde_bank > 0 else None
+        # Optional debiasing of the teacher's pseudo-labelling probabilities (an extension, off by default)
+        self.debias = None
+        if debias > 0:
+            if task != "single" or recipe.threshold is None or recipe.pl_source != "teacher":
+                raise ValueError("method.debias needs single-label data and a method that pseudo-labels from the "
+                                 "teacher (clcp_mt, mt_capr)")  # fmt: skip
+            self.debias = Debias(num_classes, debias, debias_momentum)
         self.rule = None
         if recipe.threshold:
             self.rule = build_rule(
@@ -230,6 +240,9 @@ class SSLMethod(nn.Module):
                 self.bank.push(z[:n_lv], y_views)  # after the loss: a view is never its own bank key
         if r.threshold:
             p_pl = p_teacher[:n_u] if r.pl_source == "teacher" else probabilities(logits[-n_u:].detach(), task)
+            if self.debias is not None:  # the rule's status, thresholds and pseudo-labels all read the debiased p
+                self.debias.update(p_pl)
+                p_pl = self.debias(p_pl)
             self.rule.update(p_pl, b.u_index)
             out.thresholds = self.rule.thresholds(progress.epoch).to(p_pl.device)
             out.pseudo, out.mask = select_pseudo_labels(p_pl, out.thresholds, task)

@@ -60,6 +60,8 @@ def build_system(
         cfg.model.backbone, len(classes), cfg.model.pretrained, cfg.model.proj_dim, cfg.model.drop_rate, quiet=quiet
     )
     m = cfg.method
+    if m.debias and task != "single":
+        raise ConfigError(f"method.debias is for single-label data; this data set is {task}-label")
     method = build_method(
         m.name,
         len(classes),
@@ -83,6 +85,8 @@ def build_system(
         prior=prior,
         sde_bank=m.sde_bank,
         proj_dim=cfg.model.proj_dim,
+        debias=m.debias,
+        debias_momentum=m.debias_momentum,
     )
     t = cfg.train
     module = SSLModule(

@@ -46,6 +46,35 @@ def binary_thresholds(t_negative: torch.Tensor, t_positive: torch.Tensor) -> tor
     return torch.stack([(1.0 - t_negative).clamp(max=0.5), t_positive.clamp(min=0.5)])
 
 
+def debias_probs(probs: torch.Tensor, class_probs: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """p~ = softmax(log p - strength · log p_bar): the teacher's probabilities with the running estimate p_bar of its
+    predicted class distribution divided out (DebiasPL's causal adjustment; strength 1 is distribution alignment to
+    a uniform target). A class the teacher under-predicts gains, so its pseudo-labels can pass a threshold the raw
+    probabilities never reach. probs: (B, C); class_probs: (C,), positive."""
+    return torch.softmax(probs.clamp_min(1e-12).log() - strength * class_probs.log(), dim=1)
+
+
+class Debias(nn.Module):
+    """Debiased pseudo-labelling probabilities (single-label; not CLCP-MT as published, an option off by default).
+
+    `update(probs)` folds the batch's mean class probabilities into p_bar (EMA with `momentum`, from uniform;
+    all-reduced across processes), then `forward(probs)` returns debias_probs(probs, p_bar, strength)."""
+
+    def __init__(self, num_classes: int, strength: float = 1.0, momentum: float = 0.999) -> None:
+        super().__init__()
+        self.strength, self.momentum = strength, momentum
+        self.register_buffer("class_probs", torch.full((num_classes,), 1.0 / num_classes))
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor) -> None:
+        stats = _all_reduce_sum(torch.cat([probs.sum(0), probs.new_tensor([len(probs)])]).float())
+        batch_mean = stats[:-1] / stats[-1].clamp_min(1.0)
+        self.class_probs.mul_(self.momentum).add_((1.0 - self.momentum) * batch_mean.to(self.class_probs))
+
+    def forward(self, probs: torch.Tensor) -> torch.Tensor:
+        return debias_probs(probs, self.class_probs.to(probs), self.strength)
+
+
 def select_pseudo_labels(
     probs: torch.Tensor, thresholds: torch.Tensor, task: str = "single"
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,137 @@
+"""The comparison table of a bench grid: per method and labeled fraction the mean ± std over seeds, the seed-paired
+difference against a reference method (and its standard error), and the share of the supervised gap closed.
+
+    python benchmarks/compare.py runs/bench_isic2018_cpu64/results.csv --ceiling supervised+bl48
+    python benchmarks/compare.py RESULTS.csv --metric standard/bacc --versus supervised
+
+Paired: a difference is taken seed by seed (the same labeled draw for both methods), then averaged; its standard
+error is the sample std of the per-seed differences / sqrt(n). Gap closed: (method − supervised) / (ceiling −
+supervised) on the means, supervised at the method's labeled fraction, the ceiling (`--ceiling`, a row at all labels)
+over its seeds (usually one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+
+HEADLINE = [
+    ("standard/auc", "AUC"),
+    ("standard/bacc", "BAcc"),
+    ("standard/f1", "F1"),
+    ("sens/AKIEC", "AKIEC rec"),
+    ("sens/DF", "DF rec"),
+    ("sens/VASC", "VASC rec"),
+    ("official/bacc", "ISIC test BAcc"),
+]
+
+
+def row_name(r: dict) -> str:
+    """A row's name in the tables: the method, or method+variant."""
+    return r["method"] + (f"+{r['variant']}" if r.get("variant") else "")
+
+
+def by_seed(rows: list[dict], name: str, labeled: float, metric: str) -> dict[int, float]:
+    """{seed: value} of `metric` for the runs of `name` (method or method+variant) at one labeled fraction."""
+    out = {}
+    for r in rows:
+        if row_name(r) == name and float(r["labeled"]) == labeled and r.get(metric):
+            out[int(r["seed"])] = float(r[metric])
+    return out
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
+    """Mean of the per-seed differences a − b over their common seeds, its standard error (nan for one seed), n."""
+    diff = [a[s] - b[s] for s in sorted(a.keys() & b.keys())]
+    if not diff:
+        return math.nan, math.nan, 0
+    se = statistics.stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
+    return statistics.mean(diff), se, len(diff)
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def diff_cell(d: float, se: float, n: int) -> str:
+    if n == 0:
+        return "-"
+    return f"{d:+.2f}" + (f" ± {se:.2f}" if n > 1 else " (n = 1)")
+
+
+def groups(rows: list[dict]) -> list[tuple[str, float]]:
+    """(name, labeled) of every row: labeled fractions from the largest, names in the grid's order."""
+    names = list(dict.fromkeys(row_name(r) for r in rows))
+    fractions = sorted({float(r["labeled"]) for r in rows}, reverse=True)
+    return [(m, lab) for lab in fractions for m in names if by_seed(rows, m, lab, "standard/auc")]
+
+
+def headline(rows: list[dict]) -> str:
+    """Markdown: mean ± sample std over seeds of the headline metrics, one row per method and labeled fraction."""
+    lines = [
+        "| method | labeled | n | " + " | ".join(h for _, h in HEADLINE) + " |",
+        "|" + "---|" * (3 + len(HEADLINE)),
+    ]
+    for m, lab in groups(rows):
+        cells = [mean_std(list(by_seed(rows, m, lab, key).values())) for key, _ in HEADLINE]
+        lines.append(f"| {m} | {lab:g} | {len(by_seed(rows, m, lab, 'standard/auc'))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def differences(rows: list[dict], metrics: list[str], references: list[str], ceiling: str = "supervised") -> str:
+    """Markdown: per metric, the seed-paired difference against each reference (± SE) and the share of the gap from
+    supervised (at the row's labeled fraction) to `ceiling` (a row name, at all labels) that the row closes."""
+    head = ["method", "labeled"]
+    for metric in metrics:
+        name = dict(HEADLINE).get(metric, metric)
+        head += [f"Δ{name} vs {ref}" for ref in references] + [f"{name} gap closed"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, lab in groups(rows):
+        if lab == 1.0:
+            continue
+        cells = [m, f"{lab:g}"]
+        for metric in metrics:
+            mine = by_seed(rows, m, lab, metric)
+            for ref in references:
+                cells.append("" if ref == m else diff_cell(*paired(mine, by_seed(rows, ref, lab, metric))))
+            top = list(by_seed(rows, ceiling, 1.0, metric).values())
+            floor = list(by_seed(rows, "supervised", lab, metric).values())
+            gap = math.nan
+            if top and floor and m != "supervised":
+                gap = (statistics.mean(mine.values()) - statistics.mean(floor)) / (
+                    statistics.mean(top) - statistics.mean(floor)
+                )
+            cells.append(f"{100 * gap:.0f} %" if math.isfinite(gap) else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", help="a bench grid's results.csv")
+    ap.add_argument("--metric", nargs="+", default=["standard/bacc", "standard/f1", "standard/auc"])
+    ap.add_argument("--versus", nargs="+", default=["mean_teacher", "supervised"], help="reference methods")
+    ap.add_argument("--ceiling", default="supervised", help="the all-labels row of the gap (method or method+variant)")
+    args = ap.parse_args()
+    with open(args.results, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise SystemExit(f"{args.results}: no finished runs")
+    for metric in args.metric:
+        if metric not in rows[0]:
+            raise SystemExit(f"no column '{metric}' in {args.results}")
+    print(f"{args.results}: testing split, teacher at the best validation epoch; mean ± sample std over seeds\n")
+    print(headline(rows))
+    print("\nSeed-paired differences (mean ± standard error over the common seeds) and the share of the gap from")
+    print("supervised to supervised with all labels (means) that each method closes\n")
+    print(differences(rows, args.metric, args.versus, args.ceiling))
+
+
+if __name__ == "__main__":
+    main()
