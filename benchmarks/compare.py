@@ -5,9 +5,9 @@ difference against a reference method (and its standard error), and the share of
     python benchmarks/compare.py RESULTS.csv --metric standard/bacc --versus supervised
 
 Paired: a difference is taken seed by seed (the same labeled draw for both methods), then averaged; its standard
-error is the sample std of the per-seed differences / sqrt(n). Gap closed: (method − supervised) / (ceiling −
-supervised) on the means, supervised at the method's labeled fraction, the ceiling (`--ceiling`, a row at all labels)
-over its seeds (usually one).
+error is the sample std of the per-seed differences / sqrt(n). Gap closed: the paired mean of (method − supervised)
+over (ceiling − supervised), supervised at the method's labeled fraction on the same seeds, the ceiling (`--ceiling`,
+a row at all labels) the mean over its seeds (usually one).
 """
 
 from __future__ import annotations
@@ -100,13 +100,14 @@ def differences(rows: list[dict], metrics: list[str], references: list[str], cei
             mine = by_seed(rows, m, lab, metric)
             for ref in references:
                 cells.append("" if ref == m else diff_cell(*paired(mine, by_seed(rows, ref, lab, metric))))
+            floor = by_seed(rows, "supervised", lab, metric)
+            common = sorted(mine.keys() & floor.keys())  # seed-paired, like the differences beside it
             top = list(by_seed(rows, ceiling, 1.0, metric).values())
-            floor = list(by_seed(rows, "supervised", lab, metric).values())
             gap = math.nan
-            if top and floor and m != "supervised":
-                gap = (statistics.mean(mine.values()) - statistics.mean(floor)) / (
-                    statistics.mean(top) - statistics.mean(floor)
-                )
+            if top and common and m != "supervised":
+                low = statistics.mean(floor[s] for s in common)
+                span = statistics.mean(top) - low
+                gap = statistics.mean(mine[s] - floor[s] for s in common) / span if span > 0 else math.nan
             cells.append(f"{100 * gap:.0f} %" if math.isfinite(gap) else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -126,7 +127,10 @@ def main() -> None:
     for metric in args.metric:
         if metric not in rows[0]:
             raise SystemExit(f"no column '{metric}' in {args.results}")
-    print(f"{args.results}: testing split, teacher at the best validation epoch; mean ± sample std over seeds\n")
+    if not any(row_name(r) == args.ceiling and float(r["labeled"]) == 1.0 for r in rows):
+        print(f"(no '{args.ceiling}' run with all labels: no gap column; see --ceiling)")
+    print(f"{args.results} (the grid's table split: testing unless it says table_split: validation), teacher at the")
+    print("best validation epoch; mean ± sample std over seeds\n")
     print(headline(rows))
     print("\nSeed-paired differences (mean ± standard error over the common seeds) and the share of the gap from")
     print("supervised to supervised with all labels (means) that each method closes\n")

@@ -237,18 +237,25 @@ class ConstantTeacher(nn.Module):
 
 
 def test_debias_lets_an_under_predicted_class_pass_a_threshold_its_raw_probability_never_reaches():
-    """Raw: max p 0.55 < T = 0.6 everywhere, nothing kept. With p_bar = (0.9, 0.1, ...), strength 1:
-    p~ ∝ (0.55 / 0.9, 0.45 / 0.1) = (0.61, 4.5) -> class 1 with 0.88 >= 0.6, kept."""
+    """Raw: max p 0.55 < T = 0.6 everywhere, nothing kept. After one step p_bar is the teacher's mean (0.55, 0.45, ~0,
+    ~0) (bias-corrected). With p_bar = (0.9, 0.1, 0.5, 0.5), as after a run where class 0 dominated, strength 1:
+    p~ ∝ (0.55 / 0.9, 0.45 / 0.1) -> class 1 at 0.88 >= 0.6, every image kept."""
     student, _ = make_models()
     hp = dict(tau=0.6, tau_min=0.6, warmup_epochs=100.0, rampup_epochs=0.0)  # a fixed threshold of 0.6
-    plain = build_method("mt_capr", C, num_unlabeled=10, **hp).step(make_batch(), student, ConstantTeacher(), LATE)
-    assert not plain.mask.any()
-    method = build_method("mt_capr", C, num_unlabeled=10, debias=1.0, debias_momentum=0.0, **hp)
-    method.debias.momentum = 1.0  # hold p_bar where the test puts it
-    method.debias.class_probs.copy_(torch.tensor([0.9, 0.1, 0.5, 0.5]))
+    plain = build_method("mt_capr", C, num_unlabeled=10, **hp)
+    out = plain.step(make_batch(), student, ConstantTeacher(), LATE)
+    assert not out.mask.any() and "debias.running" not in plain.state_dict()  # off: no state, old checkpoints load
+    method = build_method("mt_capr", C, num_unlabeled=10, debias=1.0, debias_momentum=0.5, **hp)
+    method.step(make_batch(), student, ConstantTeacher(), LATE)  # the step updates p_bar from the teacher
+    assert torch.allclose(method.debias.class_probs[:2], torch.tensor([0.55, 0.45]), atol=1e-4)
+    method.debias.running.copy_(torch.tensor([0.9, 0.1, 0.5, 0.5]))  # p_bar = this (steps -> inf: no correction) ...
+    method.debias.momentum = 1.0 - 1e-9  # ... held there by this step's update (weight 1e-9 on the batch)
+    method.debias.steps.fill_(10**12)
     out = method.step(make_batch(), student, ConstantTeacher(), LATE)
-    assert out.mask.all() and (out.pseudo == 1).all()
-    assert out.loss.requires_grad  # the pseudo-label term still trains the student
+    assert out.mask.all() and (out.pseudo == 1).all() and out.logs["loss/pl"] > 0
+    fresh = build_method("mt_capr", C, num_unlabeled=10, debias=1.0, **hp)
+    fresh.load_state_dict(method.state_dict())  # p_bar travels with the method's state (checkpoints)
+    assert torch.equal(fresh.debias.running, method.debias.running)
     with pytest.raises(ValueError, match="method.debias needs single-label data"):
         build_method("fixmatch", C, num_unlabeled=10, debias=1.0)
     with pytest.raises(ValueError, match="method.debias needs single-label data"):

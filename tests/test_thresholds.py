@@ -268,9 +268,17 @@ def test_debias_probs_hand_values_and_running_mean():
     assert torch.allclose(half, torch.tensor([[0.8485, 0.5477, 0.2236]]) / 1.6198, atol=1e-4)
     assert torch.allclose(debias_probs(p, torch.full((3,), 1 / 3), 1.0), p, atol=1e-6)  # uniform p_bar: unchanged
     d = Debias(3, strength=1.0, momentum=0.9)
-    d.update(torch.tensor([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1]]))  # 0.9 / 3 + 0.1 · batch mean
-    assert torch.allclose(d.class_probs, torch.tensor([0.36, 0.33, 0.31]), atol=1e-6)
-    assert torch.allclose(d(p), debias_probs(p, torch.tensor([0.36, 0.33, 0.31])), atol=1e-6)
-    fresh = Debias(3)
-    fresh.load_state_dict(d.state_dict())  # the running mean is saved with the method
-    assert torch.equal(fresh.class_probs, d.class_probs)
+    assert torch.allclose(d.class_probs, torch.full((3,), 1 / 3))  # before any update: uniform
+    x, y = torch.tensor([0.6, 0.3, 0.1]), torch.tensor([0.2, 0.2, 0.6])
+    d.update(torch.stack([x, x]))  # bias-corrected EMA: after one batch, exactly its mean
+    assert torch.allclose(d.class_probs, x, atol=1e-6)
+    d.update(torch.stack([y, y, y]))  # (0.9 · 0.1 x + 0.1 y) / (1 - 0.81)
+    expected = (0.09 * x + 0.1 * y) / 0.19
+    assert torch.allclose(d.class_probs, expected, atol=1e-6)
+    assert torch.allclose(d(p), debias_probs(p, expected), atol=1e-6)
+    fresh = Debias(3, momentum=0.9)
+    fresh.load_state_dict(d.state_dict())  # the running mean and its step count are saved with the method
+    assert torch.allclose(fresh.class_probs, expected)
+    never = Debias(2, momentum=0.5)
+    never.update(torch.tensor([[1.0, 0.0]]))  # a class never predicted: floored, its log stays finite
+    assert torch.isfinite(never(torch.tensor([[0.5, 0.5]]))).all()

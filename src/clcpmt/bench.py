@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import ConfigError, build_dataclass
+from .config import ConfigError, TrainingError, build_dataclass
 from .plots import run_logs
 
 
@@ -78,7 +78,7 @@ def grid_runs(grid: Grid) -> list[Run]:
 
 
 _children: set[subprocess.Popen] = set()  # the `clcpmt train` processes now running
-_stopping = threading.Event()  # set by SIGTERM: no new training process starts
+_stopping = threading.Event()  # set by SIGTERM or Ctrl-C: no new training process starts
 
 
 def run_child(cmd: list[str], **popen_kwargs) -> None:
@@ -89,6 +89,8 @@ def run_child(cmd: list[str], **popen_kwargs) -> None:
         raise SystemExit("bench is stopping: no new run started")
     proc = subprocess.Popen(cmd, **popen_kwargs)
     _children.add(proc)
+    if _stopping.is_set():  # the signal came between the check above and the add: the handler missed this process
+        proc.terminate()
     try:
         code = proc.wait()
     finally:
@@ -97,16 +99,46 @@ def run_child(cmd: list[str], **popen_kwargs) -> None:
         raise subprocess.CalledProcessError(code, cmd)
 
 
-def _stop_children(signum: int, frame: object) -> None:
+def _stop_children(timeout: float = 60.0) -> None:
     _stopping.set()
     for proc in list(_children):
         proc.terminate()  # each run's last checkpoint is already on disk (written atomically): it resumes from it
+    deadline = time.time() + timeout
     for proc in list(_children):
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=max(0.0, deadline - time.time()))
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _stop_children()
     raise SystemExit(128 + signum)
+
+
+def run_grid(grid: Grid) -> list[str]:
+    """Train every missing run (`grid.jobs` at once); a run that fails does not stop the others. Returns the names
+    of the failed runs. SIGTERM or Ctrl-C stops the running training processes and starts no other."""
+    _stopping.clear()
+    main = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
+    pool = ThreadPoolExecutor(grid.jobs)  # threads only wait on `clcpmt train` processes
+    futures = {run_name(*run): pool.submit(run_one, grid, *run) for run in grid_runs(grid)}
+    failed = []
+    try:
+        for name, future in futures.items():
+            try:
+                future.result()
+            except subprocess.CalledProcessError:
+                failed.append(name)
+    except BaseException:
+        _stop_children()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+    return failed
 
 
 def run_name(method: str, labeled: float, seed: int, variant: str = "") -> str:
@@ -133,6 +165,8 @@ def check_runs(grid: Grid, path: str | Path) -> None:
     from .config import load_config
 
     for run in grid_runs(grid):
+        if (Path(grid.out) / run_name(*run) / "config.yaml").is_file():
+            continue  # started: it resumes from its own saved config
         try:
             load_config(resolve_config(grid.config), run_overrides(grid, *run))
         except ConfigError as e:
@@ -202,9 +236,10 @@ def collect(grid: Grid) -> list[dict]:
 
 def final_pseudo_labels(run_dir: Path) -> dict[str, float]:
     """The pseudo-label statistics of the run's last logged epoch (pseudo-labelling methods; a resumed run's last
-    log), per class: `final_threshold/<class>` (0-1), `final_accept_rate/<class>` (% of the unlabeled images the
-    teacher predicts as the class that passed its threshold in that epoch) and `final_pl_precision/<class>` (% of
-    those that are of the class by their hidden label)."""
+    log), per class: `final_threshold/<class>` (0-1), `final_accept_rate/<class>` (% of the unlabeled images
+    predicted as the class that passed its threshold in that epoch; predicted by the teacher, or for the FixMatch
+    family by the student's weak view) and `final_pl_precision/<class>` (% of those that are of the class by their
+    hidden label)."""
     rows = []
     for log in run_logs(run_dir):
         with open(log, newline="") as f:
@@ -269,16 +304,10 @@ def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Pa
         grid = dataclasses.replace(grid, jobs=jobs)
     out = Path(grid.out)
     out.mkdir(parents=True, exist_ok=True)
+    failed = []
     if not only_report:
         check_runs(grid, grid_path)
-        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-            signal.signal(signal.SIGTERM, _stop_children)
-        pool = ThreadPoolExecutor(grid.jobs)  # threads only wait on `clcpmt train` processes
-        try:
-            for done in [pool.submit(run_one, grid, *run) for run in grid_runs(grid)]:
-                done.result()
-        finally:  # a failed run or a SIGTERM: the runs not yet started are not started
-            pool.shutdown(wait=True, cancel_futures=True)
+        failed = run_grid(grid)
     rows = collect(grid)
     if rows:
         keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -301,7 +330,7 @@ def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Pa
     titles = {
         "final_threshold/": "Per-class thresholds at the end of training",
         "final_accept_rate/": "Per-class acceptance at the end of training (%, last epoch; single-label: of the "
-        "unlabeled images the teacher predicts as the class, those that passed its threshold; multi-label: positive "
+        "unlabeled images predicted as the class, those that passed its threshold; multi-label: positive "
         "pseudo-labels per unlabeled image)",
         "final_pl_precision/": "Per-class precision of the accepted pseudo-labels at the end of training (%, by the "
         "unlabeled images' hidden labels, last epoch)",
@@ -311,6 +340,7 @@ def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Pa
             [(k, k.split("/", 1)[1]) for k in keys if k.startswith(prefix)],
             key=lambda kn: classes.index(kn[1]) if kn[1] in classes else len(classes),
         )
+        cols = [c for c in cols if any(np.isfinite(float(r.get(c[0], np.nan))) for r in rows)]  # nan: none accepted
         if cols:
             text += f"\n{title}\n\n{markdown([r for r in rows if any(k in r for k, _ in cols)], cols)}\n"
     (out / "results.md").write_text(text)
@@ -320,4 +350,9 @@ def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Pa
         from .report import write_report
 
         write_report(finished, out / "report.html", per_run=False)  # each run has its own full report
+    if failed:
+        raise TrainingError(
+            f"{len(failed)} run(s) of {grid_path} failed: {', '.join(failed)} (their output is above; the other "
+            f"runs are tabulated in {out / 'results.md'}). Run the same command again to retry them"
+        )
     return out

@@ -251,7 +251,7 @@ def validate(cfg: Config) -> None:
             close = difflib.get_close_matches(str(value), allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got '{value}'{hint}")
-    _validate_method(cfg.method)
+    _validate_method(cfg.method, [n for n, r in METHODS.items() if r.threshold and r.pl_source == "teacher"])
     d = cfg.data
     if not (0 < d.labeled <= 1 or (d.labeled > 1 and float(d.labeled).is_integer())):
         raise ConfigError(f"data.labeled must be a fraction in (0, 1] or a whole count of images > 1; got {d.labeled}")
@@ -292,7 +292,8 @@ def rampup_epochs(cfg: Config) -> float:
     return cfg.method.rampup_epochs if cfg.method.rampup_epochs >= 0 else 0.3 * cfg.train.epochs
 
 
-def _validate_method(m: MethodConfig) -> None:
+def _validate_method(m: MethodConfig, teacher_pl: list[str]) -> None:
+    """teacher_pl: the methods that pseudo-label from the teacher (method.debias acts on their probabilities)."""
     if m.rampup_epochs < 0 and m.rampup_epochs != -1:
         raise ConfigError(f"method.rampup_epochs must be >= 0 (0: no ramp-up) or -1 (30 % of train.epochs); "
                           f"got {m.rampup_epochs}")  # fmt: skip
@@ -304,11 +305,14 @@ def _validate_method(m: MethodConfig) -> None:
         raise ConfigError(f"method.sde_bank must be >= 0 (0: no memory bank); got {m.sde_bank}")
     if m.balance_strength < 0:
         raise ConfigError(f"method.balance_strength must be >= 0; got {m.balance_strength}")
-    if not 0.0 <= m.ema_decay < 1.0 or not 0.0 <= m.momentum < 1.0 or not 0.0 <= m.debias_momentum < 1.0:
-        raise ConfigError("method.ema_decay, method.momentum and method.debias_momentum must be in [0, 1)")
-    if m.debias < 0 or m.debias > 0 and m.name not in ("clcp_mt", "mt_capr"):
-        raise ConfigError(f"method.debias must be >= 0 and is for clcp_mt or mt_capr (they pseudo-label from the "
-                          f"teacher); got {m.debias} with method.name={m.name}")  # fmt: skip
+    for key in ("ema_decay", "momentum", "debias_momentum"):
+        if not 0.0 <= getattr(m, key) < 1.0:
+            raise ConfigError(f"method.{key} must be in [0, 1); got {getattr(m, key)}")
+    if m.debias < 0:
+        raise ConfigError(f"method.debias must be >= 0 (0: off); got {m.debias}")
+    if m.debias > 0 and m.name not in teacher_pl:
+        raise ConfigError(f"method.debias is for the methods that pseudo-label from the teacher "
+                          f"({', '.join(teacher_pl)}); got method.name={m.name}")  # fmt: skip
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -57,19 +57,30 @@ def debias_probs(probs: torch.Tensor, class_probs: torch.Tensor, strength: float
 class Debias(nn.Module):
     """Debiased pseudo-labelling probabilities (single-label; not CLCP-MT as published, an option off by default).
 
-    `update(probs)` folds the batch's mean class probabilities into p_bar (EMA with `momentum`, from uniform;
-    all-reduced across processes), then `forward(probs)` returns debias_probs(probs, p_bar, strength)."""
+    `update(probs)` folds the batch's mean class probabilities (all-reduced across processes) into an EMA with
+    `momentum`, bias-corrected like Adam's moments (the EMA of the first t batches over 1 - momentum^t), so p_bar is
+    the teacher's actual mean from the first step, not still mostly its starting value after thousands of steps;
+    `forward(probs)` returns debias_probs(probs, p_bar, strength)."""
 
     def __init__(self, num_classes: int, strength: float = 1.0, momentum: float = 0.999) -> None:
         super().__init__()
         self.strength, self.momentum = strength, momentum
-        self.register_buffer("class_probs", torch.full((num_classes,), 1.0 / num_classes))
+        self.register_buffer("running", torch.zeros(num_classes))  # EMA from zero, not yet bias-corrected
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    @property
+    def class_probs(self) -> torch.Tensor:
+        """p_bar (C,): uniform before the first update; floored so that log p_bar stays finite."""
+        if self.steps == 0:
+            return torch.full_like(self.running, 1.0 / len(self.running))
+        return (self.running / (1.0 - self.momentum ** self.steps.item())).clamp_min(1e-6)
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor) -> None:
         stats = _all_reduce_sum(torch.cat([probs.sum(0), probs.new_tensor([len(probs)])]).float())
         batch_mean = stats[:-1] / stats[-1].clamp_min(1.0)
-        self.class_probs.mul_(self.momentum).add_((1.0 - self.momentum) * batch_mean.to(self.class_probs))
+        self.running.mul_(self.momentum).add_((1.0 - self.momentum) * batch_mean.to(self.running))
+        self.steps += 1
 
     def forward(self, probs: torch.Tensor) -> torch.Tensor:
         return debias_probs(probs, self.class_probs.to(probs), self.strength)
