@@ -17,15 +17,10 @@ import csv
 import math
 import statistics
 
-HEADLINE = [
-    ("standard/auc", "AUC"),
-    ("standard/bacc", "BAcc"),
-    ("standard/f1", "F1"),
-    ("sens/AKIEC", "AKIEC rec"),
-    ("sens/DF", "DF rec"),
-    ("sens/VASC", "VASC rec"),
-    ("official/bacc", "ISIC test BAcc"),
-]
+from clcpmt.bench import COLUMNS
+
+# the grid table's headline columns (bench.COLUMNS), without the srcmt protocol and the validation AUC
+HEADLINE = [c for c in COLUMNS if not c[0].startswith(("srcmt/", "val_"))]
 
 
 def row_name(r: dict) -> str:
