@@ -201,6 +201,21 @@ def test_pseudo_label_audit_shares_hand_case():
         audit.audit(Path("run"))
 
 
+def test_tail_audit_per_class_hand_case():
+    tail = _script("tail_audit")
+    p = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.55, 0.45]])
+    y = np.array([0, 0, 1, 1])
+    t = tail.per_class(p, y, np.array([0.8, 0.6]))
+    # predicted 0, 0, 1, 0; confidences 0.9, 0.6, 0.7, 0.55; accepted (>= 0.8 for 0, >= 0.6 for 1): yes, no, yes, no
+    # class 0: n 2, predicted 3/4, true 2/4, recall 2/2, p(true) (0.9 + 0.6) / 2, reached 1/2, precision 1/1
+    # class 1: n 2, predicted 1/4, true 2/4, recall 1/2, p(true) (0.7 + 0.45) / 2, reached 1/2, precision 1/1
+    assert np.allclose(t[:, 0], [2, 75, 50, 100, 0.75, 0.8, 50, 100])
+    assert np.allclose(t[:, 1], [2, 25, 50, 50, 0.575, 0.6, 50, 100])
+    # a class nothing is accepted for has no precision; a class without images no recall
+    t = tail.per_class(p[:3], np.array([0, 0, 0]), np.array([0.95, 0.95]))
+    assert np.isnan(t[7]).all() and np.isnan(t[3, 1]) and t[6, 0] == 0
+
+
 def test_readme_names_every_grid_key():
     """The README's bench paragraph is the grid file's reference: a key added to Grid must be named there."""
     from clcpmt.bench import Grid
@@ -328,8 +343,12 @@ def test_a_failed_run_does_not_stop_the_grid_and_is_named_at_the_end(tmp_path, m
         started.append(Path(run_dir).name)
         if "mean_teacher" in run_dir:
             raise subprocess.CalledProcessError(1, cmd)
+        Path(run_dir).mkdir(parents=True)
+        (Path(run_dir) / "metrics.json").write_text("{}")  # finished
 
     monkeypatch.setattr(bench_module, "run_child", fake_child)
+    monkeypatch.setattr(bench_module, "collect", lambda grid: [])  # the fake runs have no metrics to tabulate
+    monkeypatch.setattr("clcpmt.report.write_report", lambda *a, **k: None)
     with pytest.raises(TrainingError, match=r"1 run\(s\) of .*g\.yaml failed: mean_teacher_lab0.2_seed0 "):
         bench(path)
     assert started == ["supervised_lab0.2_seed0", "mean_teacher_lab0.2_seed0", "clcp_mt_lab0.2_seed0"]
@@ -357,3 +376,88 @@ def test_a_signal_during_popen_still_stops_the_new_process(monkeypatch):
         assert time.time() - start < 30
     finally:
         bench_module._stopping.clear()
+
+
+def test_a_run_that_exits_0_unfinished_is_failed_and_never_officially_evaluated(tmp_path, monkeypatch):
+    """A training process stopped early that still exits 0 must not get an official test result from its partial
+    best.ckpt; a result left by an earlier attempt is dropped when the run trains again."""
+    import os
+    import subprocess
+
+    import clcpmt.bench as bench_module
+
+    path = tmp_path / "g.yaml"
+    labels = tmp_path / "official.csv"
+    path.write_text(
+        f"config: demo\nout: {tmp_path / 'b'}\nmethods: [supervised]\nseeds: [0]\n"
+        f"official_labels: {labels}\nofficial_images: {tmp_path}\n"
+    )
+    grid = load_grid(path)
+    run_dir = tmp_path / "b" / "supervised_lab0.2_seed0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("")
+    (run_dir / "official_test.json").write_text('{"standard/bacc": 1.0}')  # from an attempt that stopped early
+    evaluated = []
+    monkeypatch.setattr("clcpmt.runner.evaluate_csv", lambda *a, **k: evaluated.append(a))
+    monkeypatch.setattr(bench_module, "run_child", lambda cmd, **kw: None)  # exit 0, no metrics.json
+    with pytest.raises(subprocess.CalledProcessError):
+        bench_module.run_one(grid, "supervised", 0.2, 0)
+    assert not evaluated and not (run_dir / "official_test.json").exists()
+
+    # a finished run whose official result is older than its best.ckpt (written by an older bench) is re-evaluated
+    monkeypatch.setattr("clcpmt.runner.evaluate_csv", lambda *a, **k: evaluated.append(a) or {"external/teacher": {}})
+    (run_dir / "metrics.json").write_text("{}")
+    (run_dir / "official_test.json").write_text('{"standard/bacc": 1.0}')
+    (run_dir / "checkpoints" / "best.ckpt").write_text("")
+    old = (run_dir / "official_test.json").stat().st_mtime - 60
+    os.utime(run_dir / "official_test.json", (old, old))
+    bench_module.run_one(grid, "supervised", 0.2, 0)
+    assert len(evaluated) == 1 and (run_dir / "official_test.json").read_text() == "{}"
+    bench_module.run_one(grid, "supervised", 0.2, 0)  # now fresh: not evaluated again
+    assert len(evaluated) == 1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_training_process_stops_when_bench_is_killed_by_sigkill(tmp_path):
+    """SIGKILL (or the OOM killer) gives bench no chance to stop its runs: the run stops itself."""
+    import os
+    import signal
+    import subprocess
+    import textwrap
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    child = textwrap.dedent(f"""
+        import os, pathlib, time
+        from clcpmt.bench import PARENT_ENV, stop_with_parent
+        stop_with_parent(int(os.environ[PARENT_ENV]))
+        pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))
+        time.sleep(120)
+    """)
+    fake_bench = textwrap.dedent(f"""
+        import sys
+        from clcpmt.bench import run_child
+        run_child([sys.executable, "-c", {child!r}])
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", fake_bench])
+    try:
+        deadline = time.time() + 60
+        while not pid_file.is_file() and time.time() < deadline:
+            time.sleep(0.1)
+        assert pid_file.is_file(), "the child never started"
+        pid = int(pid_file.read_text())
+        parent.kill()
+        parent.wait(timeout=30)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                    break  # dead, not yet reaped by its new parent (in a container, maybe never)
+            except FileNotFoundError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail("the training process outlived the SIGKILLed bench")
+    finally:
+        parent.kill()

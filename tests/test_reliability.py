@@ -254,3 +254,26 @@ def test_a_checkpoint_that_does_not_fit_its_model_is_one_clear_error(tmp_path, c
     assert main(["predict", str(tmp_path / "odd.ckpt"), "--images", str(tmp_path / "imgs"),
                  "--out", str(tmp_path / "p.csv")]) == 2  # fmt: skip
     assert "does not fit the model its own config builds" in capsys.readouterr().err
+
+
+class Sigterm(Callback):
+    """`kill <pid>` of the training process during its second epoch (a scheduler's time limit, `bench` stopping)."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_sigterm_ends_training_with_a_failure_status_and_no_metrics_then_resumes(tmp_path):
+    # Lightning exits with status 0 on SIGTERM: a caller would take the half-trained run for a finished one
+    cfg = load_config(None, tiny(tmp_path))
+    with pytest.raises(SystemExit) as stopped:
+        train(cfg, callbacks=(Sigterm(),))
+    assert stopped.value.code == 143
+    run_dir = tmp_path / "run"
+    assert not (run_dir / "metrics.json").exists() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert (run_dir / "metrics.json").is_file()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -87,7 +88,8 @@ def run_child(cmd: list[str], **popen_kwargs) -> None:
     on training, and a restarted bench would then train the same run folder twice at once."""
     if _stopping.is_set():
         raise SystemExit("bench is stopping: no new run started")
-    proc = subprocess.Popen(cmd, **popen_kwargs)
+    env = {**popen_kwargs.pop("env", os.environ), PARENT_ENV: str(os.getpid())}
+    proc = subprocess.Popen(cmd, env=env, **popen_kwargs)
     _children.add(proc)
     if _stopping.is_set():  # the signal came between the check above and the add: the handler missed this process
         proc.terminate()
@@ -97,6 +99,22 @@ def run_child(cmd: list[str], **popen_kwargs) -> None:
         _children.discard(proc)
     if code:
         raise subprocess.CalledProcessError(code, cmd)
+
+
+PARENT_ENV = "CLCPMT_BENCH_PID"  # set in the environment of the training processes bench starts
+
+
+def stop_with_parent(parent: int) -> None:
+    """Called by a training process that bench started: SIGTERM it when bench dies, even by SIGKILL or the OOM
+    killer, which no handler of bench's sees (Linux's PR_SET_PDEATHSIG; elsewhere nothing). An orphaned run would
+    go on training, and a restarted bench would train the same folder a second time at once."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # bench died before the line above: the signal would never come
+        raise SystemExit(f"bench (pid {parent}) has stopped: this run is not started")
 
 
 def _stop_children(timeout: float = 60.0) -> None:
@@ -186,6 +204,7 @@ def run_one(grid: Grid, method: str, labeled: float, seed: int, variant: str = "
         # wall_time.txt sums every attempt of a resumed run (an attempt killed by SIGKILL is not counted)
         wall = run_dir / "wall_time.txt"
         before, start = float(wall.read_text()) if wall.is_file() else 0.0, time.time()
+        (run_dir / "official_test.json").unlink(missing_ok=True)  # of an earlier attempt's checkpoint, if any
         try:
             if grid.jobs > 1:  # interleaved output of parallel runs would be unreadable
                 run_dir.mkdir(parents=True, exist_ok=True)
@@ -196,17 +215,20 @@ def run_one(grid: Grid, method: str, labeled: float, seed: int, variant: str = "
         finally:
             if run_dir.is_dir():
                 wall.write_text(f"{before + time.time() - start:.0f}\n")
+        if not (run_dir / "metrics.json").is_file():  # exit status 0 without finishing: never evaluate a partial run
+            print(f"{run_dir}: the training process ended without writing metrics.json", file=sys.stderr)
+            raise subprocess.CalledProcessError(0, cmd)
         # A finished run is never resumed (its metrics.json skips it), so its last.ckpt only fills the disk: a grid
         # of 100 runs kept ~8 GB of them.
-        if not grid.keep_last and (run_dir / "metrics.json").is_file():
+        if not grid.keep_last:
             (run_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
     official = run_dir / "official_test.json"
-    if grid.official_labels and not official.is_file():
+    best = run_dir / "checkpoints" / "best.ckpt"
+    stale = official.is_file() and best.is_file() and official.stat().st_mtime < best.stat().st_mtime
+    if grid.official_labels and (not official.is_file() or stale):  # stale: of a checkpoint since replaced
         from .runner import evaluate_csv
 
-        res = evaluate_csv(
-            run_dir / "checkpoints" / "best.ckpt", grid.official_labels, grid.official_images, verbose=False
-        )
+        res = evaluate_csv(best, grid.official_labels, grid.official_images, verbose=False)
         official.write_text(json.dumps(res["external/teacher"], indent=2))
     return run_dir
 

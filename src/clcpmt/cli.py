@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 from dataclasses import replace
@@ -58,8 +59,13 @@ def quiet(cfg: Config) -> Config:
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .bench import PARENT_ENV, stop_with_parent
     from .runner import train
 
+    parent = os.environ.get(PARENT_ENV)
+    if parent:  # started by `clcpmt bench`: stop when it does, however it is killed
+        stop_with_parent(int(parent))
+        os.environ[PARENT_ENV] = str(os.getpid())  # DDP's other processes are started by this one: stop with it
     config = resolve_config(args.config)
     if args.resume:
         config = Path(args.resume) / "config.yaml"

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import warnings
 from collections import Counter
 from dataclasses import replace
@@ -18,6 +19,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from .config import (
@@ -234,7 +236,16 @@ def train(
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
         # CatMetric gathers the validation set across processes, so the logged values are already global
         warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
+        except SIGTERMException:
+            # Lightning turns SIGTERM into SystemExit() after saving nothing more: exit status 0, which a caller such
+            # as `bench` would read as a finished run. 143 (128 + SIGTERM) says it was stopped. DDP's other processes
+            # exit 0: Lightning kills process 0 as soon as one of them exits non-zero, cutting its teardown short.
+            if not trainer.is_global_zero:
+                raise SystemExit(0) from None
+            log.error("%s: stopped by SIGTERM; `clcpmt train --resume %s` continues it", run_dir, run_dir)
+            raise SystemExit(128 + signal.SIGTERM) from None
     if not trainer.is_global_zero:  # distributed: process 0 alone evaluates and writes metrics.json
         return None
     results = evaluate_parts(best.best_model_path or str(last), data, ("validation", "testing"), verbose=False)
