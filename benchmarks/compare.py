@@ -115,8 +115,12 @@ def main() -> None:
     ap.add_argument("--versus", nargs="+", default=["mean_teacher", "supervised"], help="reference methods")
     ap.add_argument("--ceiling", default="supervised", help="the all-labels row of the gap (method or method+variant)")
     args = ap.parse_args()
-    with open(args.results, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(args.results, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        hint = "`clcpmt bench GRID` writes it when its runs finish, `clcpmt bench GRID --report` at any time"
+        raise SystemExit(f"cannot read {args.results} ({e.strerror}): {hint}") from None
     if not rows:
         raise SystemExit(f"{args.results}: no finished runs")
     for metric in args.metric:
