@@ -16,7 +16,8 @@ demo: setup
 	$(BIN)/clcpmt demo
 
 test: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -17,7 +17,7 @@ import csv
 import math
 import statistics
 
-from clcpmt.bench import COLUMNS
+from clcpmt.bench import COLUMNS, paired_difference
 
 # the grid table's headline columns (bench.COLUMNS), without the srcmt protocol and the validation AUC
 HEADLINE = [c for c in COLUMNS if not c[0].startswith(("srcmt/", "val_"))]
@@ -35,15 +35,6 @@ def by_seed(rows: list[dict], name: str, labeled: float, metric: str) -> dict[in
         if row_name(r) == name and float(r["labeled"]) == labeled and r.get(metric):
             out[int(r["seed"])] = float(r[metric])
     return out
-
-
-def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
-    """Mean of the per-seed differences a − b over their common seeds, its standard error (nan for one seed), n."""
-    diff = [a[s] - b[s] for s in sorted(a.keys() & b.keys())]
-    if not diff:
-        return math.nan, math.nan, 0
-    se = statistics.stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
-    return statistics.mean(diff), se, len(diff)
 
 
 def mean_std(values: list[float]) -> str:
@@ -94,7 +85,7 @@ def differences(rows: list[dict], metrics: list[str], references: list[str], cei
         for metric in metrics:
             mine = by_seed(rows, m, lab, metric)
             for ref in references:
-                cells.append("" if ref == m else diff_cell(*paired(mine, by_seed(rows, ref, lab, metric))))
+                cells.append("" if ref == m else diff_cell(*paired_difference(mine, by_seed(rows, ref, lab, metric))))
             floor = by_seed(rows, "supervised", lab, metric)
             common = sorted(mine.keys() & floor.keys())  # seed-paired, like the differences beside it
             top = list(by_seed(rows, ceiling, 1.0, metric).values())

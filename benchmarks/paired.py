@@ -10,6 +10,8 @@ import argparse
 import csv
 import statistics
 
+from clcpmt.bench import paired_difference
+
 
 def by_seed(rows: list[dict], name: str, metric: str, labeled: float | None) -> dict[int, float]:
     """{seed: metric} of the row `name` (method or method+variant) at one labeled fraction."""
@@ -38,11 +40,12 @@ def main() -> None:
             raise SystemExit(f"no column '{metric}' in {args.results}; columns are e.g. {', '.join(numeric[:12])}")
         a, b = by_seed(rows, args.a, metric, args.labeled), by_seed(rows, args.b, metric, args.labeled)
         seeds = sorted(a.keys() & b.keys())
-        diff = [a[s] - b[s] for s in seeds]
-        per_seed = " / ".join(f"{d:+.2f}" for d in diff)
-        line = f"{metric}: {args.a} - {args.b}, seeds {seeds}: {per_seed}; mean {statistics.mean(diff):+.2f}"
-        if len(seeds) > 1:  # the standard error of the mean difference, and each row's mean ± std on these seeds
-            se = statistics.stdev(diff) / len(diff) ** 0.5
+        mean, se, n = paired_difference(a, b)
+        if n == 0:
+            raise SystemExit(f"'{args.a}' (seeds {sorted(a)}) and '{args.b}' (seeds {sorted(b)}) share no seed")
+        per_seed = " / ".join(f"{a[s] - b[s]:+.2f}" for s in seeds)
+        line = f"{metric}: {args.a} - {args.b}, seeds {seeds}: {per_seed}; mean {mean:+.2f}"
+        if n > 1:  # the standard error of the mean difference, and each row's mean ± std on these seeds
             values = {args.a: [a[s] for s in seeds], args.b: [b[s] for s in seeds]}
             each = [f"{n} {statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" for n, v in values.items()]
             line += f" (SE {se:.2f}; {each[0]}, {each[1]})"

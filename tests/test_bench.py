@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clcpmt.bench import bench, final_pseudo_labels, grid_runs, load_grid, markdown, run_name
+from clcpmt.bench import bench, final_pseudo_labels, grid_runs, load_grid, markdown, paired_difference, run_name
 from clcpmt.config import ConfigError
 
 
@@ -171,6 +171,16 @@ def _script(name: str):
     return module
 
 
+def test_paired_difference_hand_case():
+    # seeds both have: 0, 1, 3; differences +1, -2, +4 -> mean +1; sample std 3 -> SE 3 / sqrt(3) = 1.7321
+    a = {0: 51.0, 1: 48.0, 2: 99.0, 3: 54.0}
+    b = {0: 50.0, 1: 50.0, 3: 50.0, 7: 0.0}
+    mean, se, n = paired_difference(a, b)
+    assert (mean, n) == (1.0, 3) and se == pytest.approx(3 / 3**0.5)
+    assert paired_difference({0: 2.0}, {0: 1.0})[1] != paired_difference({0: 2.0}, {0: 1.0})[1]  # nan: one seed
+    assert paired_difference({0: 2.0}, {1: 1.0})[2] == 0
+
+
 def test_paired_differences_by_seed(tmp_path, capsys, monkeypatch):
     paired = _script("paired")
     path = tmp_path / "results.csv"
@@ -183,6 +193,10 @@ def test_paired_differences_by_seed(tmp_path, capsys, monkeypatch):
     assert "seeds [0, 1]: +2.00 / -1.00; mean +0.50" in out
     # SE of the differences: stdev(+2, -1) / sqrt(2) = 2.1213 / 1.4142 = 1.50; each row on seeds 0-1 only
     assert "(SE 1.50; a 85.00 ± 7.07, b+v 84.50 ± 4.95)" in out
+    path.write_text("method,variant,labeled,seed,standard/auc\na,,0.2,0,90\nb,,0.2,1,88\n")
+    monkeypatch.setattr(sys, "argv", ["paired.py", str(path), "a", "b"])
+    with pytest.raises(SystemExit, match=r"'a' \(seeds \[0\]\) and 'b' \(seeds \[1\]\) share no seed"):
+        paired.main()
     monkeypatch.setattr(sys, "argv", ["paired.py", str(path), "a", "b+v", "--metric", "auc"])
     with pytest.raises(SystemExit, match="no column 'auc'"):
         paired.main()

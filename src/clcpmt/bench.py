@@ -318,6 +318,17 @@ def markdown(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> str:
     return "\n".join(lines)
 
 
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
+    """Seed-paired a − b ({seed: value} each, the same labeled draw per seed): the mean of the per-seed differences
+    over the seeds both have, its standard error (sample std of the differences / sqrt(n); nan below two seeds) and
+    n. The one definition behind compare.py, paired.py and the report's comparison."""
+    diff = [a[s] - b[s] for s in sorted(a.keys() & b.keys())]
+    if not diff:
+        return float("nan"), float("nan"), 0
+    se = float(np.std(diff, ddof=1)) / len(diff) ** 0.5 if len(diff) > 1 else float("nan")
+    return float(np.mean(diff)), se, len(diff)
+
+
 def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Path:
     """Run every missing run of the grid (`jobs` at once; 0 = the grid's own), then write results.csv and
     results.md into grid.out."""

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .bench import paired_difference
 from .plots import class_panels, epoch_log
 
 HEADLINE = (("standard/auc", "macro AUC"), ("standard/bacc", "balanced acc"), ("standard/f1", "macro F1"))
@@ -169,9 +170,7 @@ def _tsne(features: np.ndarray, labels: np.ndarray, classes: list[str], seed: in
     if n < 10:
         return ""
     keep = np.random.default_rng(seed).permutation(n)[:2000]  # t-SNE is quadratic: 2,000 points at most
-    xy = TSNE(2, init="pca", random_state=seed, perplexity=min(30, (len(keep) - 1) // 3)).fit_transform(
-        features[keep]
-    )
+    xy = TSNE(2, init="pca", random_state=seed, perplexity=min(30, (len(keep) - 1) // 3)).fit_transform(features[keep])
     fig, (ax,) = _figure(1, 6.0, 5.0)
     for c, name in enumerate(classes):
         sel = labels[keep] == c
@@ -278,13 +277,11 @@ def comparison(run_dirs: list[Path], baseline: str = "") -> str:
         for g, sub in df.groupby("group", sort=False):
             if g == base.group.iloc[0]:
                 continue
-            both = sub.merge(base, on="seed", suffixes=("", "_b"))
-            cells = []
+            cells, n = [], 0
             for k, _ in HEADLINE:
-                diff = (both[k] - both[f"{k}_b"]).to_numpy()
-                se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-                cells.append(f"{diff.mean():+.2f}" + (f" ± {se:.2f}" if len(diff) > 1 else "") if len(diff) else "-")
-            paired.append([names[g], len(both), *cells])
+                d, se, n = paired_difference(sub.set_index("seed")[k].to_dict(), base.set_index("seed")[k].to_dict())
+                cells.append(f"{d:+.2f}" + (f" ± {se:.2f}" if n > 1 else "") if n else "-")
+            paired.append([names[g], n, *cells])
         out.append(_table(["runs", "n", *(n for _, n in HEADLINE)], paired))
     fig, axes = _figure(3, 4.5)
     for d in run_dirs:
@@ -316,8 +313,10 @@ def write_report(run_dirs: list[str | Path], out: str | Path, baseline: str = ""
                  f"{html.escape(d.name)}</a></li>" for d in dirs]  # fmt: skip
         body.append("<h2>Runs (each with its own report)</h2><ul>" + "".join(links) + "</ul>")
     title = "clcpmt report: " + ", ".join(d.name for d in dirs)
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>" + "\n".join(body) + "</body></html>")
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>" + "\n".join(body) + "</body></html>"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     return out
