@@ -193,6 +193,34 @@ def test_medmnist_reader_single_and_multilabel(tmp_path):
         read_medmnist(tmp_path / "broken.npz")
 
 
+def test_medmnist_reader_rejects_bad_contents(tmp_path):
+    def write(name, **change):
+        arrays = {f"{s}_images": np.zeros((4, 28, 28), np.uint8) for s in ("train", "val", "test")}
+        arrays |= {f"{s}_labels": np.array([[0], [1], [2], [1]]) for s in ("train", "val", "test")}
+        np.savez(tmp_path / name, **(arrays | change))
+        return tmp_path / name
+
+    # a (N,) label vector is read as (N, 1): single-label class ids
+    assert read_medmnist(write("flat.npz", train_labels=np.array([0, 1, 2, 1])))["train"][1].tolist() == [0, 1, 2, 1]
+    cases = {
+        "neg.npz": ({"train_labels": np.array([[0], [-1], [2], [1]])}, r"train_labels, row 1: expected a class id"),
+        "frac.npz": ({"val_labels": np.array([[0], [1], [0.5], [1]])}, r"val_labels, row 2: expected a class id"),
+        "multi.npz": ({"test_labels": np.array([[0, 1], [1, 1], [0, 2], [1, 0]])}, r"test_labels, row 2: expected 0"),
+        "nan.npz": ({"test_labels": np.array([[0, 1], [np.nan, 1], [0, 0], [1, 0]])}, "test_labels, row 1: expected 0"),
+        "float.npz": ({"train_images": np.ones((4, 28, 28), np.float32)}, r"train_images must be uint8 .* got float32"),
+        "short.npz": ({"val_labels": np.array([[0], [1]])}, r"val: 4 images but 2 labels"),
+    }  # fmt: skip
+    for name, (change, message) in cases.items():
+        with pytest.raises(DataError, match=message):
+            read_medmnist(write(name, **change))
+    (tmp_path / "labels.csv").write_text("image,label\na,0\n")  # not an .npz: an error, no offer to unpickle it
+    with pytest.raises(DataError, match=r"labels\.csv is not a MedMNIST \.npz file"):
+        read_medmnist(tmp_path / "labels.csv")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    with pytest.raises(DataError, match="holds one array"):
+        read_medmnist(tmp_path / "one.npy")
+
+
 def test_real_pneumoniamnist_subset(shared_data):
     splits = read_medmnist(shared_data / "pneumoniamnist_subset" / "pneumoniamnist.npz")
     assert splits["val"][0].shape == (524, 28, 28, 3) and splits["test"][1].shape == (624,)

@@ -74,6 +74,20 @@ def test_cli_reports_config_errors_in_one_line(capsys):
     assert "packaged configs: demo" in capsys.readouterr().err
 
 
+def test_yaml_syntax_errors_name_the_file_line_or_key(tmp_path, capsys):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("train:\n  epochs: 3\n   lr: 0.1\n")  # lr indented one space too far
+    assert main(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{bad}, line 3, column 6: not valid YAML" in err[0]
+    assert main(["train", "--config", "demo", "--data.classes", "[a, b"]) == 2
+    assert "command line: --data.classes=[a, b, line 1, column 6: not valid YAML" in capsys.readouterr().err
+    grid = tmp_path / "g.yaml"
+    grid.write_text("methods: [a\n")
+    assert main(["bench", str(grid)]) == 2
+    assert f"{grid}, line 2" in capsys.readouterr().err
+
+
 def test_readme_cli_reference_names_every_config_key():
     """The README's key table is the CLI reference: a key added to a config dataclass must appear in its row."""
     import dataclasses

@@ -50,7 +50,9 @@ def test_read_ham_metadata_and_generic(tmp_path):
         ),
         ("image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nISIC_1,1,1,0,0,0,0,0\n", r"line 2: a single-label row needs exactly one"),
         ("image,label\nISIC_1,MEL,extra\n", r"line 2: expected 2 columns"),
-        ("image,label\nISIC_1,MEL\nISIC_1,NV\n", r"image 'ISIC_1' is listed more than once"),
+        ("image,label\nISIC_1,MEL\nI2,NV\nISIC_1,NV\n", r"line 4: image 'ISIC_1' is listed again \(first on line 2"),
+        ("image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nISIC_1,0.5,0,0,0,0,0,0\n", r"line 2: MEL must be 0 or 1; got '0.5'"),
+        ("image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nISIC_1,1,nan,0,0,0,0,0\n", r"line 2: NV must be 0 or 1; got 'nan'"),
         ("", r"file is empty"),
     ],
 )
@@ -70,6 +72,16 @@ def test_missing_label_file_and_missing_image(tmp_path):
     (tmp_path / "d" / "images" / f"{table.images[4]}.jpg").unlink()
     with pytest.raises(DataError, match=rf"labels\.csv, line 6: image '{table.images[4]}' not found in .*images"):
         resolve_images(table, tmp_path / "d" / "images")
+
+
+def test_an_id_matching_two_files_is_an_error(tmp_path):
+    images, labels = make_synthetic(6, 16)
+    csv = write_image_folder(tmp_path / "d", images, labels)
+    table = read_labels(csv, ISIC_CLASSES)
+    folder = tmp_path / "d" / "images"
+    (folder / f"{table.images[2]}.png").write_bytes((folder / f"{table.images[2]}.jpg").read_bytes())
+    with pytest.raises(DataError, match=rf"line 4: image '{table.images[2]}' matches {table.images[2]}.jpg and "):
+        resolve_images(table, folder)
 
 
 def test_corrupt_jpeg_names_the_file(tmp_path):

@@ -192,6 +192,19 @@ def test_unwritable_run_and_cache_folders_fail_before_any_work_and_leave_nothing
                  f"--data.labels={tmp_path / 'none.csv'}"]) == 2  # fmt: skip
     assert "none.csv does not exist" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()  # a failed start leaves no empty run folder
+    # a weights file that is not one fails once the data is built: the folder goes too, so the fixed command runs
+    (tmp_path / "w.pth").write_text("not weights")
+    assert main(["train", *tiny(tmp_path, "z"), f"--model.pretrained={tmp_path / 'w.pth'}"]) == 2
+    assert "is not a weights file" in capsys.readouterr().err and not (tmp_path / "z").exists()
+
+
+def test_a_backbone_typo_is_reported_before_the_data_is_read(tmp_path, capsys, monkeypatch):
+    import clcpmt.runner
+
+    monkeypatch.setattr(clcpmt.runner, "prepare_data", lambda cfg: pytest.fail("data read before the model check"))
+    assert main(["train", *tiny(tmp_path, "t"), "--model.backbone=resnet18x"]) == 2
+    assert "unknown timm model 'resnet18x'; close matches: resnet18" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
 
 
 def test_a_bad_image_leaves_no_partial_cache_or_lock(tmp_path):

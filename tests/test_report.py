@@ -56,6 +56,15 @@ def test_every_finished_run_writes_its_report(two_runs):
     assert len(re.findall("<img", page)) >= 6  # curves, class panels, ROC, reliability, confusion, t-SNE
 
 
+def test_report_of_a_folder_that_is_no_run_or_never_trained_is_an_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
+    assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text("method: {name: clcp_mt}\n")  # a start that never finished an epoch
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
+    assert "no metrics.json and no checkpoint: no epoch has finished" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_reliability_bins_and_ece_by_hand():
     conf = np.array([0.1, 0.15, 0.9, 0.95, 0.92])
     correct = np.array([0, 1, 1, 1, 0])

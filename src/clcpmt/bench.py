@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from .config import ConfigError, TrainingError, build_dataclass
+from .config import ConfigError, TrainingError, build_dataclass, read_yaml
 from .plots import run_logs
 
 
@@ -53,7 +52,10 @@ def load_grid(path: str | Path) -> Grid:
     """Read a grid YAML file (keys of Grid; unknown keys are errors naming the file)."""
     if not Path(path).is_file():
         raise ConfigError(f"grid file {path} does not exist")
-    grid = build_dataclass(Grid, yaml.safe_load(Path(path).read_text()) or {}, "", str(path))
+    data = read_yaml(Path(path).read_text(), str(path)) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of grid keys (config, methods, seeds, ...) at the top level")
+    grid = build_dataclass(Grid, data, "", str(path))
     for spec in grid.extra_runs:
         if len(spec.split(":")) not in (3, 4) or spec.count(":") == 3 and spec.split(":")[3] not in grid.variants:
             raise ConfigError(f"{path}: extra_runs entry '{spec}' must be method:labeled:seed[:variant of variants]")

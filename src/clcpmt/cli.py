@@ -139,7 +139,11 @@ def cmd_report(args: argparse.Namespace, overrides: list[str]) -> None:
 
     if overrides:
         raise ConfigError(f"report takes no config overrides; got {' '.join(overrides)}")
-    print(f"wrote {write_report(args.runs, args.out, args.baseline)}")
+    out = write_report(args.runs, args.out, args.baseline)
+    for run in map(Path, args.runs):
+        if not (run / "metrics.json").is_file():
+            print(f"note: {run} has not finished (no metrics.json): its section shows the epochs logged so far")
+    print(f"wrote {out}")
 
 
 def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:

@@ -198,6 +198,16 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load, with a syntax error as one ConfigError naming `where` and the line, not a traceback."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}{at}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+
+
 def parse_overrides(args: list[str]) -> dict[str, Any]:
     """Turn `--a.b=1` / `--a.b 1` pairs into a nested dict; values are parsed as YAML scalars."""
     out: dict[str, Any] = {}
@@ -218,7 +228,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(text) if text != "" else ""
+        node[leaf] = read_yaml(text, f"command line: --{key}={text}") if text != "" else ""
     return out
 
 
@@ -229,7 +239,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path.read_text(), str(path)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         build_dataclass(Config, data, "", str(path))  # file errors name the file

@@ -49,6 +49,18 @@ def check_loaded(net: nn.Module, path: Path, backbone: str) -> None:
                          f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''})")  # fmt: skip
 
 
+def check_model(backbone: str, pretrained: str) -> None:
+    """The model keys that need no data: a known timm name, an existing weights file. Checked before the data is
+    prepared, so a typo is reported at once, not after an image cache is filled."""
+    if backbone not in timm.list_models():
+        import difflib
+
+        close = difflib.get_close_matches(backbone, timm.list_models(), n=3)
+        raise ConfigError(f"model.backbone: unknown timm model '{backbone}'; close matches: {', '.join(close) or '-'}")
+    if pretrained not in ("none", "imagenet") and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"model.pretrained: weights file {pretrained} does not exist")
+
+
 def create_student(
     backbone: str = "resnet18",
     num_classes: int = 7,
@@ -68,11 +80,7 @@ def create_student(
     Returns:
         The student and a sentence saying where its backbone weights came from (log it; never fall back silently).
     """
-    if backbone not in timm.list_models():
-        import difflib
-
-        close = difflib.get_close_matches(backbone, timm.list_models(), n=3)
-        raise ConfigError(f"model.backbone: unknown timm model '{backbone}'; close matches: {', '.join(close) or '-'}")
+    check_model(backbone, pretrained)
     kwargs = dict(num_classes=0, drop_rate=drop_rate, in_chans=in_chans)
     if pretrained == "none":
         net, source = timm.create_model(backbone, pretrained=False, **kwargs), "random init (model.pretrained=none)"
@@ -87,12 +95,12 @@ def create_student(
         source = f"ImageNet weights from timm's hub ({net.pretrained_cfg.get('hf_hub_id') or backbone})"
     else:
         path = Path(pretrained)
-        if not path.is_file():
-            raise FileNotFoundError(f"model.pretrained: weights file {path} does not exist")
         try:
             net = timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
         except Exception as e:  # timm raises RuntimeError, KeyError, pickle and safetensors errors for a bad file
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "weights_only" in first:  # torch's advice to unpickle does not fit a file that may not be weights at all
+                first = "torch.load with weights_only=True refused it: not a file of tensors"
             raise ConfigError(f"model.pretrained: {path} is not a weights file for {backbone} ({first})") from None
         check_loaded(net, path, backbone)
         source = f"weights from local file {path} (all {len(net.state_dict())} backbone tensors)"

@@ -298,12 +298,14 @@ def comparison(run_dirs: list[Path], baseline: str = "") -> str:
 def write_report(run_dirs: list[str | Path], out: str | Path, baseline: str = "", per_run: bool = True) -> Path:
     """Write the report of `run_dirs` (each a finished or running run folder) to `out`. per_run=False (a grid's
     report): the comparison only, with a link to each run's own report.html."""
+    from .data.readers import DataError
+
     dirs = [Path(d) for d in run_dirs]
     for d in dirs:
         if not (d / "config.yaml").is_file():
-            from .data.readers import DataError
-
             raise DataError(f"{d} is not a run folder (no config.yaml)")
+        if not (d / "metrics.json").is_file() and not any((d / "checkpoints").glob("*.ckpt")):
+            raise DataError(f"{d} has no metrics.json and no checkpoint: no epoch has finished, nothing to report")
     out = Path(out)
     body = [comparison(dirs, baseline)] if len(dirs) > 1 else []
     if per_run:

@@ -39,7 +39,7 @@ from .data.sources import PreparedData, prepare_data
 from .losses import class_prior, probabilities
 from .methods import METHODS, build_method
 from .metrics import f1_thresholds, format_report, multilabel_metrics, srcmt_metrics, standard_metrics
-from .model import create_student
+from .model import check_model, create_student
 from .module import SSLModule
 from .plots import plot_training
 
@@ -164,33 +164,34 @@ def train(
         clean_partial_checkpoints(run_dir / "checkpoints")
     if resume:
         cfg = resumed_config(cfg, last)
+    check_model(cfg.model.backbone, cfg.model.pretrained)  # a typo is reported before an image cache is filled
     created = not run_dir.exists()
     writable_folder(run_dir, "run_dir")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     try:
         data = prepare_data(cfg.data)
+        recipe = METHODS[cfg.method.name]
+        strong = student_sees_strong(cfg.method.name, cfg.method.student_view)
+        dm = SSLDataModule(
+            data,
+            cfg.data.batch_labeled,
+            cfg.data.batch_unlabeled,
+            cfg.train.steps_per_epoch,
+            cfg.data.num_workers,
+            recipe.unlabeled,
+            strong,
+            cfg.train.seed,
+            cfg.data.labeled_balance,
+            recipe.labeled_views,
+        )
+        prior = class_prior(torch.as_tensor(data.targets[data.parts["labeled"]]), len(data.classes), data.task)
+        module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), dm.steps_per_epoch, data.task, prior)
     except BaseException:
-        if created:  # a failed start leaves no empty run folder behind
+        if created:  # a failed start (bad data, a weights file that is not one) leaves no run folder behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    data.write_splits(run_dir / "splits")
+    data.write_splits(run_dir / "splits")  # the run folder is written only once everything has been built
     save_config(cfg, run_dir / "config.yaml")
-    recipe = METHODS[cfg.method.name]
-    strong = student_sees_strong(cfg.method.name, cfg.method.student_view)
-    dm = SSLDataModule(
-        data,
-        cfg.data.batch_labeled,
-        cfg.data.batch_unlabeled,
-        cfg.train.steps_per_epoch,
-        cfg.data.num_workers,
-        recipe.unlabeled,
-        strong,
-        cfg.train.seed,
-        cfg.data.labeled_balance,
-        recipe.labeled_views,
-    )
-    prior = class_prior(torch.as_tensor(data.targets[data.parts["labeled"]]), len(data.classes), data.task)
-    module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), dm.steps_per_epoch, data.task, prior)
     log.info(
         "run %s: method %s, backbone %s (%s); %d labeled, %d unlabeled, %d validation, %d testing images",
         run_dir,

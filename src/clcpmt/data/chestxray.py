@@ -145,11 +145,19 @@ def read_medmnist(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     Splits are the file's `train`, `val` and `test` (keys `<split>_images`, `<split>_labels`); grayscale sets are
     repeated to three channels. A set is multi-label when its label matrix has more than one column (ChestMNIST).
+    Images must be uint8 (0-255), single labels class ids >= 0, multi labels 0 or 1: anything else is an error.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"MedMNIST file {path} does not exist")
-    with np.load(path) as npz:
+    try:
+        npz = np.load(path, allow_pickle=False)  # never unpickle a data file
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path} is not a MedMNIST .npz file ({type(e).__name__}); expected numpy arrays "
+                        "train_images, train_labels, val_images, ...") from None  # fmt: skip
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DataError(f"{path} holds one array, not a MedMNIST .npz with train/val/test images and labels")
+    with npz:
         keys = set(npz.files)
         out = {}
         for split in ("train", "val", "test"):
@@ -157,11 +165,30 @@ def read_medmnist(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 raise DataError(
                     f"{path}: missing '{split}_images' / '{split}_labels'; keys are {', '.join(sorted(keys))}"
                 )
-            images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
-            if len(images) != len(labels):
-                raise DataError(f"{path}: {len(images)} {split} images but {len(labels)} labels")
-            if images.ndim == 3:
-                images = np.repeat(images[..., None], 3, axis=3)
-            labels = labels[:, 0].astype(np.int64) if labels.shape[1] == 1 else labels.astype(np.float32)
-            out[split] = (images.astype(np.uint8), labels)
+            out[split] = _medmnist_split(f"{path}: {split}", npz[f"{split}_images"], npz[f"{split}_labels"])
     return out
+
+
+def _medmnist_split(where: str, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One split of a MedMNIST file, checked: (N, H, W, 3) uint8 images and (N,) int64 or (N, C) 0/1 labels."""
+    if len(images) != len(labels):
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise DataError(f"{where}_images must be uint8 (N, H, W) or (N, H, W, 3) with values 0-255; "
+                        f"got {images.dtype} of shape {images.shape}")  # fmt: skip
+    if images.ndim == 3:
+        images = np.repeat(images[..., None], 3, axis=3)
+    labels = labels[:, None] if labels.ndim == 1 else labels
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.number):
+        raise DataError(f"{where}_labels must be numbers of shape (N,), (N, 1) or (N, C); got {labels.shape}")
+    if labels.shape[1] == 1:
+        labels = labels[:, 0]
+        bad = ~np.isfinite(labels) | (labels < 0) | (labels != np.round(labels))
+        kind = "a class id (an integer >= 0)"
+    else:
+        bad = ~np.isin(labels, (0, 1)).all(1)
+        kind = "0 or 1 for every finding"
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{where}_labels, row {i}: expected {kind}; got {labels[i].tolist()}")
+    return images, labels.astype(np.int64) if labels.ndim == 1 else labels.astype(np.float32)

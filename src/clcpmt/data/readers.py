@@ -56,9 +56,12 @@ def _one_hot_row(
         values = [float(row[j]) for j in cols]
     except (ValueError, IndexError):
         raise DataError(f"{path}, line {line}: expected {len(classes)} numbers for {', '.join(classes)}") from None
+    for j, c, v in zip(cols, classes, values, strict=True):
+        if v not in (0.0, 1.0):  # a soft, negative or NaN label would otherwise be rounded silently
+            raise DataError(f"{path}, line {line}: {c} must be 0 or 1; got {row[j].strip()!r}")
     if multi:
-        return [float(v >= 0.5) for v in values]
-    hits = [i for i, v in enumerate(values) if v >= 0.5]
+        return values
+    hits = [i for i, v in enumerate(values) if v == 1.0]
     if len(hits) != 1:
         raise DataError(f"{path}, line {line}: a single-label row needs exactly one class set to 1; got {values}")
     return hits[0]
@@ -97,8 +100,11 @@ def read_labels(path: str | Path, classes: tuple[str, ...], task: str = "single"
     if not images:
         raise DataError(f"{path}: no rows after the header; expected one row per image")
     if len(set(images)) != len(images):
-        dup = next(x for x in images if images.count(x) > 1)
-        raise DataError(f"{path}: image '{dup}' is listed more than once")
+        seen: dict[str, int] = {}
+        for image, n in zip(images, lines, strict=True):
+            if image in seen:
+                raise DataError(f"{path}, line {n}: image '{image}' is listed again (first on line {seen[image]})")
+            seen[image] = n
     dtype = np.float32 if task == "multi" else np.int64
     return LabelTable(tuple(images), np.asarray(targets, dtype=dtype), tuple(classes), str(path), tuple(lines))
 
@@ -108,12 +114,12 @@ def resolve_images(table: LabelTable, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist")
-    by_stem: dict[str, str] = {}
-    for name in os.listdir(folder):
+    by_stem: dict[str, list[str]] = {}
+    for name in sorted(os.listdir(folder)):
         stem, ext = os.path.splitext(name)
         if ext.lower() in IMAGE_EXTENSIONS:
-            by_stem.setdefault(stem, name)
-            by_stem.setdefault(name, name)
+            by_stem.setdefault(stem, []).append(name)
+            by_stem.setdefault(name, []).append(name)
     paths = []
     for image, line in zip(table.images, table.lines, strict=True):
         if image not in by_stem:
@@ -121,7 +127,10 @@ def resolve_images(table: LabelTable, folder: str | Path) -> list[Path]:
                 f"{table.source}, line {line}: image '{image}' not found in {folder} "
                 f"(looked for {image} with {', '.join(IMAGE_EXTENSIONS)})"
             )
-        paths.append(folder / by_stem[image])
+        if len(by_stem[image]) > 1:  # X.jpg beside X.png: which one is the labeled image is not ours to guess
+            raise DataError(f"{table.source}, line {line}: image '{image}' matches {' and '.join(by_stem[image])} "
+                            f"in {folder}; keep one, or name the file with its extension")  # fmt: skip
+        paths.append(folder / by_stem[image][0])
     return paths
 
 
