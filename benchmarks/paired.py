@@ -47,7 +47,7 @@ def main() -> None:
         line = f"{metric}: {args.a} - {args.b}, seeds {seeds}: {per_seed}; mean {mean:+.2f}"
         if n > 1:  # the standard error of the mean difference, and each row's mean ± std on these seeds
             values = {args.a: [a[s] for s in seeds], args.b: [b[s] for s in seeds]}
-            each = [f"{n} {statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" for n, v in values.items()]
+            each = [f"{row} {statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" for row, v in values.items()]
             line += f" (SE {se:.2f}; {each[0]}, {each[1]})"
         print(line)
 

@@ -2,6 +2,7 @@ import csv
 import dataclasses
 import importlib.util
 import json
+import math
 import re
 import sys
 import time
@@ -177,8 +178,9 @@ def test_paired_difference_hand_case():
     b = {0: 50.0, 1: 50.0, 3: 50.0, 7: 0.0}
     mean, se, n = paired_difference(a, b)
     assert (mean, n) == (1.0, 3) and se == pytest.approx(3 / 3**0.5)
-    assert paired_difference({0: 2.0}, {0: 1.0})[1] != paired_difference({0: 2.0}, {0: 1.0})[1]  # nan: one seed
-    assert paired_difference({0: 2.0}, {1: 1.0})[2] == 0
+    assert paired_difference({0: 2.0}, {0: 1.0})[:2] == (1.0, pytest.approx(math.nan, nan_ok=True))  # one seed: no SE
+    none = paired_difference({0: 2.0}, {1: 1.0})
+    assert none[2] == 0 and math.isnan(none[0]) and math.isnan(none[1])
 
 
 def test_paired_differences_by_seed(tmp_path, capsys, monkeypatch):

@@ -209,13 +209,24 @@ def test_medmnist_reader_rejects_bad_contents(tmp_path):
         "nan.npz": ({"test_labels": np.array([[0, 1], [np.nan, 1], [0, 0], [1, 0]])}, "test_labels, row 1: expected 0"),
         "float.npz": ({"train_images": np.ones((4, 28, 28), np.float32)}, r"train_images must be uint8 .* got float32"),
         "short.npz": ({"val_labels": np.array([[0], [1]])}, r"val: 4 images but 2 labels"),
+        "text.npz": ({"val_labels": np.array([["a"], ["b"], ["c"], ["d"]])}, r"val_labels must be numbers .* got <U1"),
+        "rgba.npz": ({"test_images": np.zeros((4, 28, 28, 4), np.uint8)}, r"test_images must be uint8 .*28, 4\)"),
     }  # fmt: skip
     for name, (change, message) in cases.items():
         with pytest.raises(DataError, match=message):
             read_medmnist(write(name, **change))
     (tmp_path / "labels.csv").write_text("image,label\na,0\n")  # not an .npz: an error, no offer to unpickle it
-    with pytest.raises(DataError, match=r"labels\.csv is not a MedMNIST \.npz file"):
+    with pytest.raises(DataError, match=r"labels\.csv is not a readable MedMNIST \.npz file \(ValueError\)"):
         read_medmnist(tmp_path / "labels.csv")
+    good = write("good.npz")
+    (tmp_path / "half.npz").write_bytes(good.read_bytes()[:200])  # a download cut short
+    with pytest.raises(DataError, match=r"half\.npz is not a readable MedMNIST \.npz file \(BadZipFile\)"):
+        read_medmnist(tmp_path / "half.npz")
+    objects = write("objects.npz", train_images=np.array([None] * 4, dtype=object))  # pickled inside the .npz
+    with pytest.raises(DataError, match=r"objects\.npz: cannot read train_images / train_labels \(ValueError\)"):
+        read_medmnist(objects)
+    # bool labels (a multi-label matrix saved as bool) are 0/1
+    assert read_medmnist(write("bool.npz", test_labels=np.eye(4, 2, dtype=bool)))["test"][1].dtype == np.float32
     np.save(tmp_path / "one.npy", np.zeros(3))
     with pytest.raises(DataError, match="holds one array"):
         read_medmnist(tmp_path / "one.npy")

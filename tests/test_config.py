@@ -86,6 +86,9 @@ def test_yaml_syntax_errors_name_the_file_line_or_key(tmp_path, capsys):
     grid.write_text("methods: [a\n")
     assert main(["bench", str(grid)]) == 2
     assert f"{grid}, line 2" in capsys.readouterr().err
+    grid.write_text("- supervised\n")
+    assert main(["bench", str(grid)]) == 2
+    assert f"{grid}: expected a mapping of grid keys" in capsys.readouterr().err
 
 
 def test_readme_cli_reference_names_every_config_key():

@@ -100,7 +100,7 @@ def create_student(
         except Exception as e:  # timm raises RuntimeError, KeyError, pickle and safetensors errors for a bad file
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if "weights_only" in first:  # torch's advice to unpickle does not fit a file that may not be weights at all
-                first = "torch.load with weights_only=True refused it: not a file of tensors"
+                first = "torch.load with weights_only=True refused it: it holds objects other than tensors"
             raise ConfigError(f"model.pretrained: {path} is not a weights file for {backbone} ({first})") from None
         check_loaded(net, path, backbone)
         source = f"weights from local file {path} (all {len(net.state_dict())} backbone tensors)"

@@ -269,7 +269,8 @@ def comparison(run_dirs: list[Path], baseline: str = "") -> str:
                  for k, _ in HEADLINE]  # fmt: skip
         table.append([names[g], sub.method.iloc[0], len(sub), *cells])
     out.append(_table(["runs", "method", "n", *(n for _, n in HEADLINE)], table))
-    base = df[df.method == baseline] if baseline else df[df.group == df.group.iloc[0]]
+    chosen = df[df.method == baseline] if baseline else df
+    base = df[df.group == chosen.group.iloc[0]] if len(chosen) else chosen  # one group: its runs differ by seed only
     if len(base) and df.group.nunique() > 1:
         out.append(f"<p>Seed-paired differences against {html.escape(base.method.iloc[0])} (mean ± standard error "
                    "of the paired differences; n = seeds both have)</p>")  # fmt: skip

@@ -165,7 +165,7 @@ def train(
     if resume:
         cfg = resumed_config(cfg, last)
     check_model(cfg.model.backbone, cfg.model.pretrained)  # a typo is reported before an image cache is filled
-    created = not run_dir.exists()
+    created = rank_zero_only.rank == 0 and not run_dir.exists()  # a launcher may start every process at once
     writable_folder(run_dir, "run_dir")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     try:

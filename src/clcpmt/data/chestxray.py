@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -150,10 +151,11 @@ def read_medmnist(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"MedMNIST file {path} does not exist")
+    unreadable = (ValueError, OSError, EOFError, zipfile.BadZipFile)  # not an .npz, truncated, or pickled objects
     try:
         npz = np.load(path, allow_pickle=False)  # never unpickle a data file
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"{path} is not a MedMNIST .npz file ({type(e).__name__}); expected numpy arrays "
+    except unreadable as e:
+        raise DataError(f"{path} is not a readable MedMNIST .npz file ({type(e).__name__}); expected numpy arrays "
                         "train_images, train_labels, val_images, ...") from None  # fmt: skip
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise DataError(f"{path} holds one array, not a MedMNIST .npz with train/val/test images and labels")
@@ -165,22 +167,28 @@ def read_medmnist(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 raise DataError(
                     f"{path}: missing '{split}_images' / '{split}_labels'; keys are {', '.join(sorted(keys))}"
                 )
-            out[split] = _medmnist_split(f"{path}: {split}", npz[f"{split}_images"], npz[f"{split}_labels"])
+            try:
+                images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
+            except unreadable as e:
+                raise DataError(f"{path}: cannot read {split}_images / {split}_labels ({type(e).__name__})") from None
+            out[split] = _medmnist_split(f"{path}: {split}", images, labels)
     return out
 
 
 def _medmnist_split(where: str, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One split of a MedMNIST file, checked: (N, H, W, 3) uint8 images and (N,) int64 or (N, C) 0/1 labels."""
-    if len(images) != len(labels):
-        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+    if images.dtype != np.uint8 or not (images.ndim == 3 or images.ndim == 4 and images.shape[3] == 3):
         raise DataError(f"{where}_images must be uint8 (N, H, W) or (N, H, W, 3) with values 0-255; "
                         f"got {images.dtype} of shape {images.shape}")  # fmt: skip
+    numeric = np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_
+    if labels.ndim not in (1, 2) or not numeric:
+        raise DataError(f"{where}_labels must be numbers of shape (N,), (N, 1) or (N, C); "
+                        f"got {labels.dtype} of shape {labels.shape}")  # fmt: skip
+    if len(images) != len(labels):
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
     if images.ndim == 3:
         images = np.repeat(images[..., None], 3, axis=3)
     labels = labels[:, None] if labels.ndim == 1 else labels
-    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.number):
-        raise DataError(f"{where}_labels must be numbers of shape (N,), (N, 1) or (N, C); got {labels.shape}")
     if labels.shape[1] == 1:
         labels = labels[:, 0]
         bad = ~np.isfinite(labels) | (labels < 0) | (labels != np.round(labels))
