@@ -82,6 +82,11 @@ def test_an_id_matching_two_files_is_an_error(tmp_path):
     (folder / f"{table.images[2]}.png").write_bytes((folder / f"{table.images[2]}.jpg").read_bytes())
     with pytest.raises(DataError, match=rf"line 4: image '{table.images[2]}' matches {table.images[2]}.jpg and "):
         resolve_images(table, folder)
+    # an id given with its extension names one file: no ambiguity, even beside X.jpg.png
+    (folder / f"{table.images[2]}.jpg.png").write_bytes((folder / f"{table.images[2]}.jpg").read_bytes())
+    named = tmp_path / "named.csv"
+    named.write_text(f"image,label\n{table.images[2]}.jpg,MEL\n")
+    assert resolve_images(read_labels(named, ISIC_CLASSES), folder) == [folder / f"{table.images[2]}.jpg"]
 
 
 def test_corrupt_jpeg_names_the_file(tmp_path):

@@ -205,6 +205,8 @@ def test_a_backbone_typo_is_reported_before_the_data_is_read(tmp_path, capsys, m
     assert main(["train", *tiny(tmp_path, "t"), "--model.backbone=resnet18x"]) == 2
     assert "unknown timm model 'resnet18x'; close matches: resnet18" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+    assert main(["train", *tiny(tmp_path, "t"), f"--model.pretrained={tmp_path / 'missing.pth'}"]) == 2
+    assert "model.pretrained: weights file" in capsys.readouterr().err and not (tmp_path / "t").exists()
 
 
 def test_a_bad_image_leaves_no_partial_cache_or_lock(tmp_path):

@@ -114,12 +114,11 @@ def resolve_images(table: LabelTable, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist")
+    names = sorted(n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS)
     by_stem: dict[str, list[str]] = {}
-    for name in sorted(os.listdir(folder)):
-        stem, ext = os.path.splitext(name)
-        if ext.lower() in IMAGE_EXTENSIONS:
-            by_stem.setdefault(stem, []).append(name)
-            by_stem.setdefault(name, []).append(name)
+    for name in names:
+        by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
+    by_stem |= {name: [name] for name in names}  # an id with its extension names exactly one file
     paths = []
     for image, line in zip(table.images, table.lines, strict=True):
         if image not in by_stem:
