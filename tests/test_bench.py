@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from clcpmt.bench import bench, final_pseudo_labels, grid_runs, load_grid, markdown, paired_difference, run_name
 from clcpmt.config import ConfigError
@@ -230,6 +231,23 @@ def test_tail_audit_per_class_hand_case():
     # a class nothing is accepted for has no precision; a class without images no recall
     t = tail.per_class(p[:3], np.array([0, 0, 0]), np.array([0.95, 0.95]))
     assert np.isnan(t[7]).all() and np.isnan(t[3, 1]) and t[6, 0] == 0
+
+
+def test_debias_audit_candidates_and_capr_steady_state_hand_case():
+    audit = _script("debias_audit")
+    # predicted 0, 0, 1 with confidences 0.9, 0.8, 0.7: sigma = (0.85, 0.7), beta = (1, 0.8235),
+    # M(beta) = beta / (2 - beta) = (1, 0.7), T = clip(0.95 · M, 0.5, 0.95) = (0.95, 0.665)
+    p = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
+    assert torch.allclose(audit.capr_steady_state(p, 0.95, 0.5), torch.tensor([0.95, 0.665]), atol=1e-4)
+    assert torch.allclose(audit.capr_steady_state(p, 0.95, 0.8), torch.tensor([0.95, 0.8]), atol=1e-6)
+    # p = (0.6, 0.4), p_bar = (0.8, 0.2), pi = (0.5, 0.5): uniform lam 1 -> (0.75, 2) / 2.75; labeled lam 1 ->
+    # p · pi / p_bar = (0.375, 1) / 1.375, the same here (pi uniform); pi = (0.8, 0.2) = p_bar: unchanged
+    q, p_bar = torch.tensor([[0.6, 0.4]]), torch.tensor([0.8, 0.2])
+    assert torch.equal(audit.adjust(q, p_bar, torch.tensor([0.5, 0.5]), "", 0.0), q)
+    expected = torch.tensor([[0.75, 2.0]]) / 2.75
+    assert torch.allclose(audit.adjust(q, p_bar, torch.tensor([0.5, 0.5]), "uniform", 1.0), expected, atol=1e-6)
+    assert torch.allclose(audit.adjust(q, p_bar, torch.tensor([0.5, 0.5]), "labeled", 1.0), expected, atol=1e-6)
+    assert torch.allclose(audit.adjust(q, p_bar, p_bar, "labeled", 1.0), q, atol=1e-6)
 
 
 def test_readme_names_every_grid_key():

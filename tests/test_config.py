@@ -136,6 +136,8 @@ def test_teacher_bn_is_a_checked_choice():
         ("--data.num_workers=-1", r"data\.num_workers must be >= 0; got -1"),
         ("--method.debias=-1", r"method\.debias must be >= 0 \(0: off\); got -1"),
         ("--method.debias_momentum=1", r"method\.debias_momentum must be in \[0, 1\); got 1"),
+        ("--method.debias_target=labeled", r"method\.debias_target=labeled acts only with method\.debias > 0"),
+        ("--method.debias_target=prior", r"method\.debias_target.*uniform, labeled"),
     ],
 )
 def test_bad_numbers_stop_at_the_config_naming_the_key(override, message):

@@ -256,6 +256,10 @@ def test_debias_lets_an_under_predicted_class_pass_a_threshold_its_raw_probabili
     fresh = build_method("mt_capr", C, num_unlabeled=10, debias=1.0, **hp)
     fresh.load_state_dict(method.state_dict())  # p_bar travels with the method's state (checkpoints)
     assert torch.equal(fresh.debias.running, method.debias.running)
+    prior = torch.tensor([0.4, 0.3, 0.2, 0.1])  # the labeled prior reaches the debiasing only with target labeled
+    aligned = build_method("clcp_mt", C, num_unlabeled=10, debias=1.0, debias_target="labeled", prior=prior)
+    assert torch.equal(aligned.debias.target, prior) and aligned.prior is None  # L_sup stays unbalanced
+    assert build_method("clcp_mt", C, num_unlabeled=10, debias=1.0, prior=prior).debias.target is None
     with pytest.raises(ValueError, match="method.debias needs single-label data"):
         build_method("fixmatch", C, num_unlabeled=10, debias=1.0)
     with pytest.raises(ValueError, match="method.debias needs single-label data"):

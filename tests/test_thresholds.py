@@ -282,3 +282,21 @@ def test_debias_probs_hand_values_and_running_mean():
     never = Debias(2, momentum=0.5)
     never.update(torch.tensor([[1.0, 0.0]]))  # a class never predicted: floored, its log stays finite
     assert torch.isfinite(never(torch.tensor([[0.5, 0.5]]))).all()
+
+
+def test_debias_towards_the_labeled_prior_is_distribution_alignment():
+    """target pi: p · pi / p_bar renormalised (ReMixMatch). p = (0.6, 0.3, 0.1), p_bar = (0.5, 0.3, 0.2),
+    pi = (0.7, 0.2, 0.1): (0.84, 0.2, 0.05) / 1.09. A teacher whose mean already is pi is left unchanged."""
+    from clcpmt.thresholds import Debias
+
+    p, pi = torch.tensor([[0.6, 0.3, 0.1]]), torch.tensor([0.7, 0.2, 0.1])
+    d = Debias(3, strength=1.0, momentum=0.9, target=pi)
+    d.update(torch.tensor([[0.5, 0.3, 0.2]]))  # one batch: p_bar is exactly its mean
+    assert torch.allclose(d(p), torch.tensor([[0.84, 0.2, 0.05]]) / 1.09, atol=1e-6)
+    aligned = Debias(3, target=pi)
+    aligned.update(pi[None])
+    assert torch.allclose(aligned(p), p, atol=1e-6)
+    fresh = Debias(3, target=torch.full((3,), 1 / 3))  # as rebuilt from a checkpoint: pi comes with the state
+    fresh.load_state_dict(d.state_dict())
+    assert torch.equal(fresh.target, pi) and torch.allclose(fresh(p), d(p))
+    assert "target" not in Debias(3).state_dict()  # uniform: no target saved, earlier checkpoints load as before

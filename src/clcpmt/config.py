@@ -97,6 +97,8 @@ class MethodConfig:
     debias: float = 0.0  # clcp_mt / mt_capr, single-label: pseudo-label from softmax(log p_T - debias · log p_bar),
     # p_bar the running mean of the teacher's class probabilities (DebiasPL); 0: off (CLCP-MT as published)
     debias_momentum: float = 0.999  # EMA momentum of p_bar
+    debias_target: str = "uniform"  # uniform (DebiasPL) | labeled: softmax(log p_T - debias · log(p_bar / pi)), pi the
+    # labeled prior (debias = 1: ReMixMatch's distribution alignment, p_T · pi / p_bar renormalised)
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ CHOICES = {
     "method.status": ("confidence", "count"),
     "method.student_view": ("default", "strong", "weak"),
     "method.teacher_bn": ("ema", "batch"),
+    "method.debias_target": ("uniform", "labeled"),
     "method.class_balance": ("none", "weights", "logit_adjust"),
     "train.schedule": ("exponential", "cosine"),
     "train.optimizer": ("adam", "adamw"),
@@ -318,8 +321,14 @@ def _validate_method(m: MethodConfig, teacher_pl: list[str]) -> None:
     for key in ("ema_decay", "momentum", "debias_momentum"):
         if not 0.0 <= getattr(m, key) < 1.0:
             raise ConfigError(f"method.{key} must be in [0, 1); got {getattr(m, key)}")
+    _validate_debias(m, teacher_pl)
+
+
+def _validate_debias(m: MethodConfig, teacher_pl: list[str]) -> None:
     if m.debias < 0:
         raise ConfigError(f"method.debias must be >= 0 (0: off); got {m.debias}")
+    if m.debias_target != "uniform" and m.debias == 0:
+        raise ConfigError(f"method.debias_target={m.debias_target} acts only with method.debias > 0; got debias=0")
     if m.debias > 0 and m.name not in teacher_pl:
         raise ConfigError(f"method.debias is for the methods that pseudo-label from the teacher "
                           f"({', '.join(teacher_pl)}); got method.name={m.name}")  # fmt: skip

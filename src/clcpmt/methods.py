@@ -157,6 +157,7 @@ class SSLMethod(nn.Module):
         proj_dim: int = 128,
         debias: float = 0.0,
         debias_momentum: float = 0.999,
+        debias_target: str = "uniform",
     ) -> None:
         super().__init__()
         self.recipe, self.task = recipe, task
@@ -164,6 +165,7 @@ class SSLMethod(nn.Module):
         self.lambda_mt, self.lambda_sde, self.lambda_pl = lambda_mt, lambda_sde, lambda_pl
         self.rampup_epochs, self.sde_temperature, self.mt_on_labeled = rampup_epochs, sde_temperature, mt_on_labeled
         self.class_balance, self.balance_strength = class_balance, balance_strength
+        labeled_prior = prior
         if class_balance == "none":
             prior = None  # a None buffer stays out of the state dict: checkpoints without balancing load as before
         elif prior is None:
@@ -177,7 +179,10 @@ class SSLMethod(nn.Module):
             if task != "single" or recipe.threshold is None or recipe.pl_source != "teacher":
                 raise ValueError("method.debias needs single-label data and a method that pseudo-labels from the "
                                  "teacher (clcp_mt, mt_capr)")  # fmt: skip
-            self.debias = Debias(num_classes, debias, debias_momentum)
+            target = None
+            if debias_target == "labeled":  # pi; a placeholder when a checkpoint will supply it
+                target = torch.full((num_classes,), 1.0 / num_classes) if labeled_prior is None else labeled_prior
+            self.debias = Debias(num_classes, debias, debias_momentum, target)
         self.rule = None
         if recipe.threshold:
             self.rule = build_rule(

@@ -36,12 +36,14 @@ from .console import EpochLine, RunProgressBar, quiet_lightning_logs
 from .data.datamodule import EvalImages, SSLDataModule
 from .data.readers import IMAGE_EXTENSIONS, DataError, cached_images, load_image, read_labels, resolve_images
 from .data.sources import PreparedData, prepare_data
+from .export import model_card
 from .losses import class_prior, probabilities
 from .methods import METHODS, build_method
 from .metrics import f1_thresholds, format_report, multilabel_metrics, srcmt_metrics, standard_metrics
 from .model import check_model, create_student
 from .module import SSLModule
 from .plots import plot_training
+from .report import write_report  # at import, not at the run's end: a file edited during a long run is not mixed in
 
 log = logging.getLogger("clcpmt")
 
@@ -89,6 +91,7 @@ def build_system(
         proj_dim=cfg.model.proj_dim,
         debias=m.debias,
         debias_momentum=m.debias_momentum,
+        debias_target=m.debias_target,
     )
     t = cfg.train
     module = SSLModule(
@@ -255,11 +258,7 @@ def train(
     )
     plot_training(run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
-    from .export import model_card
-
     (run_dir / "MODEL_CARD.md").write_text(model_card(run_dir, cfg))
-    from .report import write_report
-
     write_report([run_dir], run_dir / "report.html")
     for part in ("validation", "testing"):
         r = results[f"{part}/teacher"]

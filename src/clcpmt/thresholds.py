@@ -60,13 +60,20 @@ class Debias(nn.Module):
     `update(probs)` folds the batch's mean class probabilities (all-reduced across processes) into an EMA with
     `momentum`, bias-corrected like Adam's moments (the EMA of the first t batches over 1 - momentum^t), so p_bar is
     the teacher's actual mean from the first step, not still mostly its starting value after thousands of steps;
-    `forward(probs)` returns debias_probs(probs, p_bar, strength)."""
+    `forward(probs)` returns debias_probs(probs, p_bar, strength), or with `target` (C,), e.g. the labeled prior pi,
+    debias_probs(probs, p_bar / target, strength): at strength 1 ReMixMatch's distribution alignment,
+    probs · target / p_bar renormalised, which raises a class predicted less often than `target` holds it rather
+    than pulling every class towards a uniform share."""
 
-    def __init__(self, num_classes: int, strength: float = 1.0, momentum: float = 0.999) -> None:
+    def __init__(
+        self, num_classes: int, strength: float = 1.0, momentum: float = 0.999, target: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         self.strength, self.momentum = strength, momentum
         self.register_buffer("running", torch.zeros(num_classes))  # EMA from zero, not yet bias-corrected
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # None (uniform) stays out of the state dict, so checkpoints of uniform debiasing load as before
+        self.register_buffer("target", None if target is None else target.float())
 
     @property
     def class_probs(self) -> torch.Tensor:
@@ -83,7 +90,8 @@ class Debias(nn.Module):
         self.steps += 1
 
     def forward(self, probs: torch.Tensor) -> torch.Tensor:
-        return debias_probs(probs, self.class_probs.to(probs), self.strength)
+        p_bar = self.class_probs if self.target is None else self.class_probs / self.target
+        return debias_probs(probs, p_bar.to(probs), self.strength)
 
 
 def select_pseudo_labels(
