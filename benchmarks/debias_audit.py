@@ -62,8 +62,9 @@ def audit(run: Path) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     if not best.is_file():
         raise SystemExit(f"{best} not found: a finished run keeps its best checkpoint there")
     module, cfg = load_system(best, announce=False)
-    if module.method.debias is not None or module.method.rule is None:
-        raise SystemExit(f"{run}: a CLCP-MT or MT + CAPR run without method.debias is needed")
+    if module.method.debias is not None or module.method.rule is None or cfg.method.status != "confidence":
+        raise SystemExit(f"{run}: a CLCP-MT or MT + CAPR run with CAPR's confidence status, without method.debias, "
+                         "is needed")  # fmt: skip
     data = prepare_data(cfg.data)
     if data.task != "single":
         raise SystemExit(f"{run}: a single-label run is needed (task is {data.task})")

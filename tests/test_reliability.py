@@ -8,9 +8,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from clcpmt.cli import _checkpoint, main
+from clcpmt.cli import main
 from clcpmt.config import load_config
-from clcpmt.runner import AtomicCheckpointIO, clean_partial_checkpoints, train
+from clcpmt.runner import AtomicCheckpointIO, clean_partial_checkpoints, run_checkpoint, train
 from test_train import Crash, tiny
 
 
@@ -52,10 +52,10 @@ def test_evaluate_and_predict_load_the_checkpoint_the_metrics_name(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "metrics.json").write_text(json.dumps({"checkpoint": "/old/place/run/checkpoints/best-v1.ckpt"}))
-    assert _checkpoint(str(run), "best") == run / "checkpoints" / "best-v1.ckpt"
-    assert _checkpoint(str(run), "last") == run / "checkpoints" / "last.ckpt"
+    assert run_checkpoint(str(run), "best") == run / "checkpoints" / "best-v1.ckpt"
+    assert run_checkpoint(str(run), "last") == run / "checkpoints" / "last.ckpt"
     (run / "metrics.json").unlink()
-    assert _checkpoint(str(run), "best") == run / "checkpoints" / "best.ckpt"
+    assert run_checkpoint(str(run), "best") == run / "checkpoints" / "best.ckpt"
 
 
 def test_checkpoint_write_killed_midway_leaves_the_old_file_and_no_partial(tmp_path, monkeypatch):

@@ -72,3 +72,27 @@ def test_reliability_bins_and_ece_by_hand():
     # bin [0, 0.5]: conf 0.125, acc 0.5 (2 samples); bin (0.5, 1]: conf 0.9233, acc 0.6667 (3 samples)
     assert count.tolist() == [2, 3] and bin_acc == pytest.approx([0.5, 2 / 3])
     assert ece == pytest.approx((abs(0.5 - 0.125) * 2 + abs(2 / 3 - (0.9 + 0.95 + 0.92) / 3) * 3) / 5)
+
+
+def test_runs_from_before_a_new_config_key_group_and_resume_with_later_ones(tmp_path):
+    """A key added to the config (here method.debias_target) is missing from the runs written before it: read with
+    its default, such a run still resumes and forms one group with the same setting's later seeds."""
+    import yaml
+
+    from clcpmt.config import to_dict, with_defaults
+    from clcpmt.report import comparison
+    from clcpmt.runner import changed_settings
+
+    now = to_dict(load_config(None, []))
+    old = {**now, "method": {k: v for k, v in now["method"].items() if k != "debias_target"}}
+    assert changed_settings(old, now) == ["method.debias_target (None -> 'uniform')"]  # as stored: looks changed
+    assert changed_settings(with_defaults(old), now) == []
+    assert with_defaults({**now, "method": {**now["method"], "removed_key": 1}})["method"]["removed_key"] == 1
+    for seed, cfg in ((0, old), (1, now)):
+        run = tmp_path / f"seed{seed}"
+        run.mkdir()
+        cfg = {**cfg, "data": {**cfg["data"], "seed": seed}, "train": {**cfg["train"], "seed": seed}}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (run / "metrics.json").write_text(json.dumps({"testing/teacher": {"standard/auc": 90.0 + seed}}))
+    page = comparison([tmp_path / "seed0", tmp_path / "seed1"])
+    assert "seed0 / seed1" in page and "90.50 ± 0.71" in page

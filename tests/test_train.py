@@ -180,3 +180,16 @@ def test_class_balance_uses_the_labeled_prior_and_it_travels_in_the_checkpoint(t
     expected = class_prior(torch.as_tensor(labeled.targets), len(FINDINGS), "multi")
     module, _ = load_system(run_dir / "checkpoints" / "best.ckpt")
     assert torch.allclose(module.method.prior, expected)
+
+
+def test_debias_toward_the_labeled_prior_gets_it_from_the_labeled_split_and_keeps_it_in_the_checkpoint(tmp_path):
+    """The runner hands the labeled prior to the debiasing (not only to class balancing): were it lost, the
+    placeholder would make `labeled` act as `uniform` without a word."""
+    extra = {"train.epochs": 1, "train.steps_per_epoch": 2, "method.debias": 1, "method.debias_target": "labeled"}
+    run_dir = train(load_config(None, tiny(tmp_path, **extra)))
+    module, _ = load_system(run_dir / "checkpoints" / "best.ckpt")  # rebuilt with the placeholder, then loaded
+    labeled = read_labels(run_dir / "splits" / "labeled.csv", module.classes, "single")
+    expected = class_prior(torch.as_tensor(labeled.targets), len(module.classes))
+    assert torch.allclose(module.method.debias.target, expected) and module.method.prior is None
+    assert not torch.allclose(expected, torch.full_like(expected, 1 / len(expected)))  # the test can tell them apart
+    assert "pseudo-labels debiased towards the labeled class prior, λ 1.0" in (run_dir / "MODEL_CARD.md").read_text()

@@ -36,22 +36,6 @@ def resolve_config(name: str | None) -> Path | None:
     raise ConfigError(f"config file {name} does not exist (packaged configs: {known})")
 
 
-def _checkpoint(target: str, which: str) -> Path:
-    """The checkpoint of a run folder (best: the one its metrics.json was computed from) or the file given."""
-    path = Path(target)
-    if not path.is_dir():
-        return path
-    metrics = path / "metrics.json"
-    if which == "best" and metrics.is_file():
-        try:
-            named = json.loads(metrics.read_text()).get("checkpoint", "")
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{metrics} is not valid JSON ({e}); pass a checkpoint file instead") from None
-        if named:  # the file name only: the folder may have moved
-            return path / "checkpoints" / Path(named).name
-    return path / "checkpoints" / f"{which}.ckpt"
-
-
 def quiet(cfg: Config) -> Config:
     """--quiet: warnings, errors and the final line only (for scripts)."""
     logging.getLogger().setLevel(logging.WARNING)
@@ -86,11 +70,11 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
     from .data.sources import prepare_data
-    from .runner import evaluate_csv, evaluate_parts, load_system
+    from .runner import evaluate_csv, evaluate_parts, load_system, run_checkpoint
 
     if overrides:
         raise ConfigError(f"evaluate takes no config overrides; got {' '.join(overrides)}")
-    ckpt = _checkpoint(args.target, args.checkpoint)
+    ckpt = run_checkpoint(args.target, args.checkpoint)
     if args.labels or args.images:
         if not (args.labels and args.images):
             raise ConfigError("evaluate on an external set needs both --labels CSV and --images DIR")
@@ -107,11 +91,11 @@ def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def cmd_predict(args: argparse.Namespace, overrides: list[str]) -> None:
-    from .runner import predict
+    from .runner import predict, run_checkpoint
 
     if overrides:
         raise ConfigError(f"predict takes no config overrides; got {' '.join(overrides)}")
-    out = predict(_checkpoint(args.target, args.checkpoint), args.images, args.out, args.model, args.overwrite)
+    out = predict(run_checkpoint(args.target, args.checkpoint), args.images, args.out, args.model, args.overwrite)
     print(f"wrote {out}")
 
 
@@ -120,11 +104,11 @@ DEMO_MARK = ".clcpmt-demo"
 
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
     from .export import export_onnx, model_card
-    from .runner import check_out, load_system
+    from .runner import check_out, load_system, run_checkpoint
 
     if overrides:
         raise ConfigError(f"export takes no config overrides; got {' '.join(overrides)}")
-    ckpt = _checkpoint(args.target, args.checkpoint)
+    ckpt = run_checkpoint(args.target, args.checkpoint)
     out = Path(args.out)
     check_out(out, args.overwrite)
     module, cfg = load_system(ckpt)

@@ -353,3 +353,12 @@ def save_config(cfg: Config, path: str | Path) -> None:
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a Config from `to_dict` output (e.g. stored in a checkpoint)."""
     return build_dataclass(Config, data, "", "checkpoint")
+
+
+def with_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored `to_dict` config with the keys added since it was written filled in with their defaults, so runs
+    from before and after a new key compare equal; as stored when it no longer reads (a key since removed)."""
+    try:
+        return to_dict(config_from_dict(data))
+    except ConfigError:
+        return data

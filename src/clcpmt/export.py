@@ -104,6 +104,8 @@ def model_card(run_dir: Path, cfg: Config, export: Path | None = None) -> str:
                   f"{crop}, {d.image_size}×{d.image_size}, ImageNet mean/std; output: class probabilities). "
                   f"Run folder: `{run_dir}`.", ""]  # fmt: skip
     counts = _labeled_counts(run_dir)
+    towards = "the labeled class prior" if m.debias_target == "labeled" else "a uniform class distribution"
+    debias = f"; pseudo-labels debiased towards {towards}, λ {m.debias} (an extension)" if m.debias else ""
     lines += [
         "## Data",
         f"- Dataset `{d.dataset}`; images `{d.images or '(generated)'}`; labels `{d.labels or '(generated)'}`.",
@@ -112,7 +114,7 @@ def model_card(run_dir: Path, cfg: Config, export: Path | None = None) -> str:
         "",
         "## Training",
         f"- Method `{m.name}` (teacher = EMA of the student, decay {m.ema_decay}, teacher BatchNorm `{m.teacher_bn}`); "
-        f"λ_mt {m.lambda_mt}, λ_sde {m.lambda_sde}, λ_pl {m.lambda_pl}, τ {m.tau}, τ_min {m.tau_min}.",
+        f"λ_mt {m.lambda_mt}, λ_sde {m.lambda_sde}, λ_pl {m.lambda_pl}, τ {m.tau}, τ_min {m.tau_min}{debias}.",
         f"- Backbone `{cfg.model.backbone}` from timm, weights: `{cfg.model.pretrained}` (none = random init); "
         f"{cfg.train.epochs} epochs, optimiser {cfg.train.optimizer} lr {cfg.train.lr}, seed {cfg.train.seed}.",
         f"- Command: `clcpmt train --config {run_dir / 'config.yaml'}` (the resolved config of this run).",

@@ -180,8 +180,9 @@ class SSLMethod(nn.Module):
                 raise ValueError("method.debias needs single-label data and a method that pseudo-labels from the "
                                  "teacher (clcp_mt, mt_capr)")  # fmt: skip
             target = None
-            if debias_target == "labeled":  # pi; a placeholder when a checkpoint will supply it
-                target = torch.full((num_classes,), 1.0 / num_classes) if labeled_prior is None else labeled_prior
+            if debias_target == "labeled":  # pi; NaN (loud, never silently uniform) until a checkpoint supplies it
+                nan = torch.full((num_classes,), float("nan"))
+                target = nan if labeled_prior is None else labeled_prior.clone()
             self.debias = Debias(num_classes, debias, debias_momentum, target)
         self.rule = None
         if recipe.threshold:

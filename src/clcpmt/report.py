@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from .bench import paired_difference
+from .config import with_defaults
 from .plots import class_panels, epoch_log
 
 HEADLINE = (("standard/auc", "macro AUC"), ("standard/bacc", "balanced acc"), ("standard/f1", "macro F1"))
@@ -93,12 +94,11 @@ def testing_outputs(run_dir: Path) -> dict[str, np.ndarray]:
     import torch
     from torch.utils.data import DataLoader
 
-    from .cli import _checkpoint
     from .data.datamodule import EvalImages
     from .data.sources import prepare_data
-    from .runner import load_system
+    from .runner import load_system, run_checkpoint
 
-    module, cfg = load_system(_checkpoint(str(run_dir), "best"), announce=False)
+    module, cfg = load_system(run_checkpoint(str(run_dir), "best"), announce=False)
     data_cfg = cfg.data
     if cfg.data.dataset in ("folder", "chestxray14") and (run_dir / "splits").is_dir():
         data_cfg = replace(cfg.data, splits=str(run_dir / "splits"))  # exactly the run's own testing images
@@ -209,7 +209,7 @@ def _data_summary(run_dir: Path, classes: list[str]) -> str:
 
 def run_section(run_dir: Path) -> str:
     """The HTML of one run."""
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg = with_defaults(yaml.safe_load((run_dir / "config.yaml").read_text()))
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     test = metrics.get("testing/teacher", {})
     classes = [k.split("/", 1)[1] for k in test if k.startswith("auc/")]
@@ -252,7 +252,7 @@ def comparison(run_dirs: list[Path], baseline: str = "") -> str:
     """Runs that differ only by seed form a group: mean ± std; each group against the baseline group, paired by seed."""
     rows = []
     for d in run_dirs:
-        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        cfg = with_defaults(yaml.safe_load((d / "config.yaml").read_text()))  # a key added since: its default
         metrics = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else {}
         flat = {f"{s}.{k}": v for s, sec in cfg.items() if isinstance(sec, dict) for k, v in sec.items()}
         group = {k: v for k, v in flat.items() if k not in ("train.seed", "data.seed")}

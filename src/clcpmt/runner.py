@@ -31,6 +31,7 @@ from .config import (
     rampup_epochs,
     save_config,
     to_dict,
+    with_defaults,
 )
 from .console import EpochLine, RunProgressBar, quiet_lightning_logs
 from .data.datamodule import EvalImages, SSLDataModule
@@ -297,6 +298,22 @@ def clean_partial_checkpoints(folder: Path) -> None:
         leftover.unlink()
 
 
+def run_checkpoint(target: str, which: str) -> Path:
+    """The checkpoint of a run folder (best: the one its metrics.json was computed from) or the file given."""
+    path = Path(target)
+    if not path.is_dir():
+        return path
+    metrics = path / "metrics.json"
+    if which == "best" and metrics.is_file():
+        try:
+            named = json.loads(metrics.read_text()).get("checkpoint", "")
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{metrics} is not valid JSON ({e}); pass a checkpoint file instead") from None
+        if named:  # the file name only: the folder may have moved
+            return path / "checkpoints" / Path(named).name
+    return path / "checkpoints" / f"{which}.ckpt"
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """torch.load of a clcpmt checkpoint, or one clear error naming the file."""
     try:
@@ -339,7 +356,7 @@ def resumed_config(cfg: Config, last: Path) -> Config:
     started = read_checkpoint(last)["hyper_parameters"]["config"] if last.is_file() else None
     if started is None:
         started = to_dict(load_config(run_dir / "config.yaml"))
-    changed = changed_settings({**started, "run_dir": ""}, {**to_dict(cfg), "run_dir": ""})
+    changed = changed_settings({**with_defaults(started), "run_dir": ""}, {**to_dict(cfg), "run_dir": ""})
     if changed:
         raise ConfigError(f"--resume {run_dir}: the run started with other settings: {'; '.join(changed)}. A resumed "
                           "run continues the run it was: undo the change, or start a new run with another run_dir "
