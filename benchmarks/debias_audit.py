@@ -3,7 +3,7 @@
 For each given run (CLCP-MT or MT + CAPR without `method.debias`), its best checkpoint's teacher gives probabilities
 p on the validation images and on the unlabeled training images; p_bar is their mean over the unlabeled images
 (what `method.debias`'s running mean estimates in training) and pi the labeled set's class prior. Each candidate
-turns p into p~ = softmax(log p - lam · log(p_bar / target)), `thresholds.debias_probs`:
+turns p into p~ = softmax(log p - lam · log(p_bar / target)), with `thresholds.Debias` as in training:
 
 - none: p~ = p (CLCP-MT as published)
 - uniform, lam: target uniform (DebiasPL's adjustment; lam = 1 aligns the pseudo-labels to a uniform distribution,
@@ -31,22 +31,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tail_audit import per_class  # beside this file: `python benchmarks/debias_audit.py` puts benchmarks/ on the path
 
 from clcpmt.data.sources import prepare_data
 from clcpmt.losses import class_prior
 from clcpmt.metrics import standard_metrics
 from clcpmt.runner import load_system, predict_probs
-from clcpmt.thresholds import CAPRThreshold, debias_probs
+from clcpmt.thresholds import CAPRThreshold, Debias
 
 CANDIDATES = [("none", "", 0.0), ("uniform, lam 0.4", "uniform", 0.4), ("uniform, lam 1", "uniform", 1.0),
               ("labeled, lam 1", "labeled", 1.0)]  # fmt: skip
 
 
-def adjust(p: torch.Tensor, p_bar: torch.Tensor, prior: torch.Tensor, target: str, lam: float) -> torch.Tensor:
-    """p~ (N, C) of one candidate. p: (N, C); p_bar, prior: (C,)."""
+def adjust(p: torch.Tensor, p_unlabeled: torch.Tensor, prior: torch.Tensor, target: str, lam: float) -> torch.Tensor:
+    """p~ (N, C) of one candidate: training's `Debias` with p_bar the mean of p_unlabeled (N_U, C). prior: (C,)."""
     if lam == 0:
         return p
-    return debias_probs(p, p_bar / prior if target == "labeled" else p_bar, lam)
+    debias = Debias(p.shape[1], lam, momentum=0.0, target=prior if target == "labeled" else None)
+    debias.update(p_unlabeled)  # momentum 0, one update: p_bar is exactly this mean
+    return debias(p)
 
 
 def capr_steady_state(p_unlabeled: torch.Tensor, tau: float, tau_min: float) -> torch.Tensor:
@@ -73,24 +76,15 @@ def audit(run: Path) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
         p_val = predict_probs(module, data.images, val)["teacher"]
         p_unl = predict_probs(module, data.images, unl)["teacher"]
     y = torch.as_tensor(data.targets[val])
-    p_bar = p_unl.mean(0)
     prior = class_prior(torch.as_tensor(data.targets[data.parts["labeled"]]), len(data.classes))
-    scores, per_class = [], []
+    scores, tables = [], []
     for _, target, lam in CANDIDATES:
-        q_val, q_unl = adjust(p_val, p_bar, prior, target, lam), adjust(p_unl, p_bar, prior, target, lam)
+        q_val, q_unl = adjust(p_val, p_unl, prior, target, lam), adjust(p_unl, p_unl, prior, target, lam)
         m = standard_metrics(q_val, y)
         scores.append([100 * float(m["bacc"]), 100 * float(m["f1"])])
         t = capr_steady_state(q_unl, cfg.method.tau, cfg.method.tau_min)
-        conf, pred = q_val.max(1)
-        kept = conf >= t[pred]
-        rows = []
-        for c in range(len(data.classes)):
-            own, said = y == c, (pred == c) & kept
-            reached = 100 * float((said & own).sum() / own.sum()) if own.any() else np.nan
-            precision = 100 * float((said & own).sum() / said.sum()) if said.any() else np.nan
-            rows.append([float(t[c]), reached, precision])
-        per_class.append(np.array(rows).T)
-    return data.classes, np.array(scores), np.stack(per_class)
+        tables.append(per_class(q_val.numpy(), y.numpy(), t.numpy())[5:])  # threshold, reached, precision
+    return data.classes, np.array(scores), np.stack(tables)
 
 
 def main() -> None:

@@ -167,6 +167,8 @@ def test_wall_time_sums_the_attempts_of_a_resumed_run_and_a_finished_run_drops_l
 def _script(name: str):
     """A benchmarks/ script as a module (benchmarks/ is not a package)."""
     path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    if str(path.parent) not in sys.path:  # as `python benchmarks/x.py` would: its siblings import by name
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -240,14 +242,16 @@ def test_debias_audit_candidates_and_capr_steady_state_hand_case():
     p = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
     assert torch.allclose(audit.capr_steady_state(p, 0.95, 0.5), torch.tensor([0.95, 0.665]), atol=1e-4)
     assert torch.allclose(audit.capr_steady_state(p, 0.95, 0.8), torch.tensor([0.95, 0.8]), atol=1e-6)
-    # p = (0.6, 0.4), p_bar = (0.8, 0.2), pi = (0.5, 0.5): uniform lam 1 -> (0.75, 2) / 2.75; labeled lam 1 ->
-    # p · pi / p_bar = (0.375, 1) / 1.375, the same here (pi uniform); pi = (0.8, 0.2) = p_bar: unchanged
-    q, p_bar = torch.tensor([[0.6, 0.4]]), torch.tensor([0.8, 0.2])
-    assert torch.equal(audit.adjust(q, p_bar, torch.tensor([0.5, 0.5]), "", 0.0), q)
+    # p = (0.6, 0.4), p_bar = (0.8, 0.2) (the mean of the unlabeled rows), pi = (0.5, 0.5): uniform lam 1 ->
+    # (0.75, 2) / 2.75; labeled lam 1 -> p · pi / p_bar = (0.375, 1) / 1.375, the same here (pi uniform);
+    # pi = (0.8, 0.2) = p_bar: unchanged
+    q, unlabeled = torch.tensor([[0.6, 0.4]]), torch.tensor([[0.9, 0.1], [0.7, 0.3]])
+    p_bar = unlabeled.mean(0)
+    assert torch.equal(audit.adjust(q, unlabeled, torch.tensor([0.5, 0.5]), "", 0.0), q)
     expected = torch.tensor([[0.75, 2.0]]) / 2.75
-    assert torch.allclose(audit.adjust(q, p_bar, torch.tensor([0.5, 0.5]), "uniform", 1.0), expected, atol=1e-6)
-    assert torch.allclose(audit.adjust(q, p_bar, torch.tensor([0.5, 0.5]), "labeled", 1.0), expected, atol=1e-6)
-    assert torch.allclose(audit.adjust(q, p_bar, p_bar, "labeled", 1.0), q, atol=1e-6)
+    assert torch.allclose(audit.adjust(q, unlabeled, torch.tensor([0.5, 0.5]), "uniform", 1.0), expected, atol=1e-6)
+    assert torch.allclose(audit.adjust(q, unlabeled, torch.tensor([0.5, 0.5]), "labeled", 1.0), expected, atol=1e-6)
+    assert torch.allclose(audit.adjust(q, unlabeled, p_bar, "labeled", 1.0), q, atol=1e-6)
 
 
 def test_readme_names_every_grid_key():
