@@ -10,18 +10,20 @@ import argparse
 import csv
 import statistics
 
+from compare import by_seed as fraction_by_seed
+from compare import row_name
+
 from clcpmt.bench import paired_difference
 
 
 def by_seed(rows: list[dict], name: str, metric: str, labeled: float | None) -> dict[int, float]:
-    """{seed: metric} of the row `name` (method or method+variant) at one labeled fraction."""
-    mine = [r for r in rows if r["method"] + (f"+{r['variant']}" * bool(r["variant"])) == name]
-    fractions = sorted({float(r["labeled"]) for r in mine})
-    if not mine:
+    """{seed: metric} of the row `name` (method or method+variant) at one labeled fraction (None: its only one)."""
+    fractions = sorted({float(r["labeled"]) for r in rows if row_name(r) == name})
+    if not fractions:
         raise SystemExit(f"no row '{name}' in the results (rows are method or method+variant)")
     if labeled is None and len(fractions) > 1:
         raise SystemExit(f"'{name}' has runs at labeled fractions {fractions}: choose one with --labeled")
-    return {int(r["seed"]): float(r[metric]) for r in mine if labeled is None or float(r["labeled"]) == labeled}
+    return fraction_by_seed(rows, name, fractions[0] if labeled is None else labeled, metric)
 
 
 def main() -> None:

@@ -95,6 +95,28 @@ def test_resume_after_an_edit_of_data_model_or_method_stops_naming_the_keys(tmp_
     assert main(["train", "--resume", str(tmp_path / "killed"), "--data.num_workers=0"]) == 0  # where/how: allowed
 
 
+def test_a_resumed_run_takes_its_weights_from_the_checkpoint_not_the_starting_file(tmp_path, caplog):
+    """The starting weights file may be gone by the time a killed run resumes (another node, a cleaned scratch
+    disk): the last checkpoint holds every weight. The model card of an export still names the file it started from."""
+    import logging
+
+    import timm
+
+    weights = tmp_path / "resnet10t.pth"
+    torch.save(timm.create_model("resnet10t", num_classes=0).state_dict(), weights)
+    cfg = load_config(None, tiny(tmp_path, "killed", **{"model.pretrained": str(weights)}))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, callbacks=(Crash(),))
+    weights.unlink()
+    with caplog.at_level(logging.INFO, logger="clcpmt"):
+        assert main(["train", "--resume", str(tmp_path / "killed")]) == 0
+    assert f"resumed from {tmp_path / 'killed' / 'checkpoints' / 'last.ckpt'}" in caplog.text
+    assert f"weights from local file {weights}" not in caplog.text and "random init" not in caplog.text
+    out = tmp_path / "export" / "model.onnx"
+    assert main(["export", str(tmp_path / "killed"), "--out", str(out)]) == 0
+    assert f"weights: `{weights}`" in (out.parent / "MODEL_CARD.md").read_text()
+
+
 def test_changed_settings_names_keys_and_ignores_where_and_how():
     from clcpmt.config import to_dict
     from clcpmt.runner import changed_settings

@@ -56,13 +56,20 @@ def build_system(
     steps_per_epoch: int,
     task: str = "single",
     prior: torch.Tensor | None = None,
-    quiet: bool = False,
+    weights: str | None = None,
 ) -> SSLModule:
     """Student (timm backbone) + method + Lightning system, as cfg says. prior: (C,) labeled prior (class_prior)
-    for method.class_balance; None when a checkpoint will supply it. quiet: a checkpoint's weights follow (do not
-    log the initial weights' origin)."""
+    for method.class_balance; None when a checkpoint will supply it. weights: where the backbone starts, default
+    cfg.model.pretrained; "checkpoint" when a checkpoint's weights replace them at once (random init, not logged:
+    the caller says which checkpoint, and the starting weights file need not exist any more)."""
+    start = cfg.model.pretrained if weights is None else weights
     student, source = create_student(
-        cfg.model.backbone, len(classes), cfg.model.pretrained, cfg.model.proj_dim, cfg.model.drop_rate, quiet=quiet
+        cfg.model.backbone,
+        len(classes),
+        "none" if start == "checkpoint" else start,
+        cfg.model.proj_dim,
+        cfg.model.drop_rate,
+        quiet=start == "checkpoint",
     )
     m = cfg.method
     if m.debias and task != "single":
@@ -168,7 +175,9 @@ def train(
         clean_partial_checkpoints(run_dir / "checkpoints")
     if resume:
         cfg = resumed_config(cfg, last)
-    check_model(cfg.model.backbone, cfg.model.pretrained)  # a typo is reported before an image cache is filled
+    # a run resumed from its last checkpoint takes every weight from it: its starting weights file may be gone
+    weights = "checkpoint" if resume and last.is_file() else cfg.model.pretrained
+    check_model(cfg.model.backbone, "none" if weights == "checkpoint" else weights)  # before an image cache is filled
     created = rank_zero_only.rank == 0 and not run_dir.exists()  # a launcher may start every process at once
     writable_folder(run_dir, "run_dir")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -189,7 +198,11 @@ def train(
             recipe.labeled_views,
         )
         prior = class_prior(torch.as_tensor(data.targets[data.parts["labeled"]]), len(data.classes), data.task)
-        module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), dm.steps_per_epoch, data.task, prior)
+        module = build_system(
+            cfg, data.classes, len(data.parts["unlabeled"]), dm.steps_per_epoch, data.task, prior, weights
+        )
+        if weights == "checkpoint":
+            module.weights_source = f"resumed from {last}; the run started from model.pretrained={cfg.model.pretrained}"
     except BaseException:
         if created:  # a failed start (bad data, a weights file that is not one) leaves no run folder behind
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -372,10 +385,10 @@ def load_system(checkpoint: str | Path, announce: bool = True) -> tuple[SSLModul
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     ckpt = read_checkpoint(checkpoint)
-    cfg = config_from_dict(ckpt["hyper_parameters"]["config"])
-    cfg = replace(cfg, model=replace(cfg.model, pretrained="none"))  # the weights come from the checkpoint
+    cfg = config_from_dict(ckpt["hyper_parameters"]["config"])  # model.pretrained as the run started (model card)
     hp = ckpt["hyper_parameters"]
-    module = build_system(cfg, tuple(hp["classes"]), _table_size(ckpt), hp["steps_per_epoch"], hp["task"], quiet=True)
+    size = _table_size(ckpt)
+    module = build_system(cfg, tuple(hp["classes"]), size, hp["steps_per_epoch"], hp["task"], weights="checkpoint")
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:  # missing / unexpected / mis-shaped tensors
