@@ -108,9 +108,12 @@ def test_a_resumed_run_takes_its_weights_from_the_checkpoint_not_the_starting_fi
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg, callbacks=(Crash(),))
     weights.unlink()
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="clcpmt"):
         assert main(["train", "--resume", str(tmp_path / "killed")]) == 0
-    assert f"resumed from {tmp_path / 'killed' / 'checkpoints' / 'last.ckpt'}" in caplog.text
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert f"resumed from {last}" in caplog.text and (tmp_path / "killed" / "logs" / "resume_1").is_dir()
+    assert torch.load(last, weights_only=False)["global_step"] == 16  # both epochs: it continued, then finished
     assert f"weights from local file {weights}" not in caplog.text and "random init" not in caplog.text
     out = tmp_path / "export" / "model.onnx"
     assert main(["export", str(tmp_path / "killed"), "--out", str(out)]) == 0

@@ -56,20 +56,19 @@ def build_system(
     steps_per_epoch: int,
     task: str = "single",
     prior: torch.Tensor | None = None,
-    weights: str | None = None,
+    from_checkpoint: bool = False,
 ) -> SSLModule:
     """Student (timm backbone) + method + Lightning system, as cfg says. prior: (C,) labeled prior (class_prior)
-    for method.class_balance; None when a checkpoint will supply it. weights: where the backbone starts, default
-    cfg.model.pretrained; "checkpoint" when a checkpoint's weights replace them at once (random init, not logged:
-    the caller says which checkpoint, and the starting weights file need not exist any more)."""
-    start = cfg.model.pretrained if weights is None else weights
+    for method.class_balance; None when a checkpoint will supply it. from_checkpoint: a checkpoint's weights replace
+    the initial ones at once, so start from random init without logging it (the caller names the checkpoint; the
+    model.pretrained file need not exist any more)."""
     student, source = create_student(
         cfg.model.backbone,
         len(classes),
-        "none" if start == "checkpoint" else start,
+        "none" if from_checkpoint else cfg.model.pretrained,
         cfg.model.proj_dim,
         cfg.model.drop_rate,
-        quiet=start == "checkpoint",
+        quiet=from_checkpoint,
     )
     m = cfg.method
     if m.debias and task != "single":
@@ -176,8 +175,8 @@ def train(
     if resume:
         cfg = resumed_config(cfg, last)
     # a run resumed from its last checkpoint takes every weight from it: its starting weights file may be gone
-    weights = "checkpoint" if resume and last.is_file() else cfg.model.pretrained
-    check_model(cfg.model.backbone, "none" if weights == "checkpoint" else weights)  # before an image cache is filled
+    from_last = resume and last.is_file()
+    check_model(cfg.model.backbone, "none" if from_last else cfg.model.pretrained)  # before an image cache is filled
     created = rank_zero_only.rank == 0 and not run_dir.exists()  # a launcher may start every process at once
     writable_folder(run_dir, "run_dir")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -199,9 +198,9 @@ def train(
         )
         prior = class_prior(torch.as_tensor(data.targets[data.parts["labeled"]]), len(data.classes), data.task)
         module = build_system(
-            cfg, data.classes, len(data.parts["unlabeled"]), dm.steps_per_epoch, data.task, prior, weights
+            cfg, data.classes, len(data.parts["unlabeled"]), dm.steps_per_epoch, data.task, prior, from_last
         )
-        if weights == "checkpoint":
+        if from_last:
             module.weights_source = f"resumed from {last}; the run started from model.pretrained={cfg.model.pretrained}"
     except BaseException:
         if created:  # a failed start (bad data, a weights file that is not one) leaves no run folder behind
@@ -388,7 +387,7 @@ def load_system(checkpoint: str | Path, announce: bool = True) -> tuple[SSLModul
     cfg = config_from_dict(ckpt["hyper_parameters"]["config"])  # model.pretrained as the run started (model card)
     hp = ckpt["hyper_parameters"]
     size = _table_size(ckpt)
-    module = build_system(cfg, tuple(hp["classes"]), size, hp["steps_per_epoch"], hp["task"], weights="checkpoint")
+    module = build_system(cfg, tuple(hp["classes"]), size, hp["steps_per_epoch"], hp["task"], from_checkpoint=True)
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:  # missing / unexpected / mis-shaped tensors
