@@ -3,6 +3,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -12,7 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from clcpmt.bench import bench, final_pseudo_labels, grid_runs, load_grid, markdown, paired_difference, run_name
+from clcpmt.bench import (
+    bench,
+    child_env,
+    final_pseudo_labels,
+    grid_runs,
+    load_grid,
+    markdown,
+    paired_difference,
+    run_name,
+)
 from clcpmt.config import ConfigError
 
 
@@ -99,7 +109,17 @@ def test_tiny_grid_runs_once_and_skips_finished_runs(tmp_path):
     assert (out / "supervised_lab0.2_seed0" / "metrics.json").stat().st_mtime == stamp
 
 
-def test_variants_run_in_parallel_and_are_tabulated_on_validation(tmp_path):
+def test_variants_run_in_parallel_and_are_tabulated_on_validation(tmp_path, monkeypatch):
+    import clcpmt.bench as bench_module
+
+    threads, run_child = [], bench_module.run_child
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+    def recording_run_child(cmd, **kw):
+        threads.append(kw["env"]["OMP_NUM_THREADS"])
+        run_child(cmd, **kw)
+
+    monkeypatch.setattr(bench_module, "run_child", recording_run_child)
     path = tmp_path / "g.yaml"
     out = tmp_path / "bench"
     path.write_text(
@@ -111,6 +131,8 @@ def test_variants_run_in_parallel_and_are_tabulated_on_validation(tmp_path):
     text = (out / "results.md").read_text()
     assert text.startswith("validation split") and "ISIC test BAcc" not in text and "val AUC" not in text
     assert "| clcp_mt | 0.2 | 1 |" in text and "| clcp_mt +tmin8 | 0.2 | 1 |" in text
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert threads == [str(max(1, cores // 2))] * 2  # each of the 2 runs at once gets its share of the cores
     config = (out / "clcp_mt_lab0.2_seed0_tmin8" / "config.yaml").read_text()
     assert "tau_min: 0.8" in config and (out / "clcp_mt_lab0.2_seed0_tmin8" / "train.log").is_file()
     # the CSV holds the table's split and, prefixed test_, the testing headline and per-class AUC
@@ -120,6 +142,14 @@ def test_variants_run_in_parallel_and_are_tabulated_on_validation(tmp_path):
     assert float(row["test_standard/auc"]) == pytest.approx(metrics["testing/teacher"]["standard/auc"])
     assert float(row["test_auc/MEL"]) == pytest.approx(metrics["testing/teacher"]["auc/MEL"])
     assert "val_standard/auc" not in row
+
+
+def test_parallel_runs_share_the_cores_unless_the_user_set_the_threads():
+    assert child_env(2, {"PATH": "/bin"}, cores=16)["OMP_NUM_THREADS"] == "8"
+    assert child_env(3, {}, cores=2)["OMP_NUM_THREADS"] == "1"  # never 0 threads
+    assert child_env(2, {"OMP_NUM_THREADS": "4"}, cores=16)["OMP_NUM_THREADS"] == "4"  # the user's choice stands
+    assert "OMP_NUM_THREADS" not in child_env(1, {}, cores=16)  # one run alone uses every core, as PyTorch would
+    assert child_env(2, {"PATH": "/bin"}, cores=16)["PATH"] == "/bin"
 
 
 def test_wall_time_sums_the_attempts_of_a_resumed_run_and_a_finished_run_drops_last_ckpt(tmp_path, monkeypatch):

@@ -119,6 +119,20 @@ def stop_with_parent(parent: int) -> None:
         raise SystemExit(f"bench (pid {parent}) has stopped: this run is not started")
 
 
+def child_env(jobs: int, environ: dict | None = None, cores: int | None = None) -> dict:
+    """The environment of a training process when `jobs` run at once: each gets cores // jobs intra-op threads
+    (OMP_NUM_THREADS), unless the user set it. By default every process would use every core, and PyTorch's threads
+    spin while they wait for each other: two 2-thread runs on 2 cores slow each other far more than twice.
+    (Measured side by side on the 2-core Xeon, docs/performance.md: two 1-thread runs train about 7 % more steps per
+    second together than one 2-thread run, so on a small CPU `jobs: 1` loses little.)"""
+    env = dict(os.environ if environ is None else environ)
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        if cores is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(max(1, cores // jobs))
+    return env
+
+
 def _stop_children(timeout: float = 60.0) -> None:
     _stopping.set()
     for proc in list(_children):
@@ -211,7 +225,7 @@ def run_one(grid: Grid, method: str, labeled: float, seed: int, variant: str = "
             if grid.jobs > 1:  # interleaved output of parallel runs would be unreadable
                 run_dir.mkdir(parents=True, exist_ok=True)
                 with open(run_dir / "train.log", "a") as log:
-                    run_child(cmd, stdout=log, stderr=subprocess.STDOUT)
+                    run_child(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(grid.jobs))
             else:
                 run_child(cmd)
         finally:
