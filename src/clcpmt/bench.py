@@ -221,13 +221,14 @@ def run_one(grid: Grid, method: str, labeled: float, seed: int, variant: str = "
         wall = run_dir / "wall_time.txt"
         before, start = float(wall.read_text()) if wall.is_file() else 0.0, time.time()
         (run_dir / "official_test.json").unlink(missing_ok=True)  # of an earlier attempt's checkpoint, if any
+        env = child_env(grid.jobs)
         try:
             if grid.jobs > 1:  # interleaved output of parallel runs would be unreadable
                 run_dir.mkdir(parents=True, exist_ok=True)
                 with open(run_dir / "train.log", "a") as log:
-                    run_child(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(grid.jobs))
+                    run_child(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             else:
-                run_child(cmd)
+                run_child(cmd, env=env)
         finally:
             if run_dir.is_dir():
                 wall.write_text(f"{before + time.time() - start:.0f}\n")
