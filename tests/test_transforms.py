@@ -9,6 +9,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from clcpmt.data.datamodule import SSLViews
 from clcpmt.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     RAND_AUGMENT,
     BatchViews,
     affine_matrices,
@@ -93,7 +95,7 @@ def test_rand_augment_applies_torchvision_op_of_each_image():
 def test_views_are_per_image_reproducible_and_normalised():
     base = (torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
     batch = base.repeat(8, 1, 1, 1)  # eight copies of one image
-    views = BatchViews()
+    views = BatchViews(IMAGENET_MEAN, IMAGENET_STD)
     for make in (views.weak, views.strong):
         a = make(batch, torch.Generator().manual_seed(5))
         b = make(batch, torch.Generator().manual_seed(5))
@@ -104,10 +106,10 @@ def test_views_are_per_image_reproducible_and_normalised():
 def test_ssl_views_shapes_and_one_labeled_view():
     labeled = (torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.arange(4), torch.tensor([7, 8, 9, 10]))
     unlabeled = (torch.zeros(6, 3, 8, 8, dtype=torch.uint8), torch.full((6,), -1), torch.arange(6), torch.arange(6))
-    two = SSLViews(2, strong=True)({"labeled": labeled, "unlabeled": unlabeled})
+    two = SSLViews(2, True, mean=IMAGENET_MEAN, std=IMAGENET_STD)({"labeled": labeled, "unlabeled": unlabeled})
     assert len(two["labeled"]) == 3 and two["labeled"][0].shape == (4, 3, 8, 8)
     assert [t.shape[0] for t in two["unlabeled"]] == [6, 6, 6, 6]
-    one = SSLViews(1, strong=False)({"labeled": labeled})
+    one = SSLViews(1, False, mean=IMAGENET_MEAN, std=IMAGENET_STD)({"labeled": labeled})
     assert len(one["labeled"]) == 2 and torch.equal(one["labeled"][1], torch.arange(4))
     assert np.isclose(one["labeled"][0].mean().item(), (0 - 0.449) / 0.226, atol=0.2)  # black, normalised (zero fill)
 
@@ -116,7 +118,7 @@ def test_ssl_views_shapes_and_one_labeled_view():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the views made on it")
 def test_views_on_the_gpu_equal_the_cpu_views():
     batch = (torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8)
-    views = BatchViews()
+    views = BatchViews(IMAGENET_MEAN, IMAGENET_STD)
     for make in (views.weak, views.strong):
         cpu = make(batch, torch.Generator().manual_seed(3))
         gpu = make(batch.cuda(), torch.Generator().manual_seed(3))
@@ -126,6 +128,6 @@ def test_views_on_the_gpu_equal_the_cpu_views():
 def test_labeled_and_unlabeled_streams_draw_apart_even_from_equal_seeds():
     image = (torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 255).to(torch.uint8)
     seeds = torch.tensor([123])
-    views = SSLViews(1, strong=False)({"labeled": (image, torch.tensor([0]), seeds),
+    views = SSLViews(1, False, mean=IMAGENET_MEAN, std=IMAGENET_STD)({"labeled": (image, torch.tensor([0]), seeds),
                                        "unlabeled": (image, torch.tensor([-1]), torch.tensor([0]), seeds)})  # fmt: skip
     assert not torch.allclose(views["labeled"][0], views["unlabeled"][0])

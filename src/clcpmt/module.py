@@ -32,7 +32,11 @@ def set_teacher_mode(teacher: torch.nn.Module, bn: str) -> None:
 
 
 class SSLModule(L.LightningModule):
-    """Trains `student` with `method`; the teacher is the student's EMA and is what `forward` runs."""
+    """Trains `student` with `method`; the teacher is the student's EMA and is what `forward` runs.
+
+    mean, std: the per-channel normalisation of its input images (the weights' own); whoever feeds it images
+    (evaluation, predict, export) normalises with `normalization`.
+    """
 
     def __init__(
         self,
@@ -51,6 +55,9 @@ class SSLModule(L.LightningModule):
         task: str = "single",
         optimizer: str = "adam",
         teacher_bn: str = "ema",
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student", "method"])
@@ -59,6 +66,7 @@ class SSLModule(L.LightningModule):
         if teacher_bn not in ("ema", "batch"):
             raise ValueError(f"teacher_bn must be ema or batch; got '{teacher_bn}'")
         self.teacher_bn = teacher_bn
+        self.normalization = (tuple(mean), tuple(std))  # of every input image: the weights' own statistics
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.student.to(memory_format=torch.channels_last)

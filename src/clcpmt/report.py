@@ -106,7 +106,8 @@ def testing_outputs(run_dir: Path) -> dict[str, np.ndarray]:
     index = data.parts["testing"]
     probs, feats = [], []
     with torch.no_grad():
-        for x, _ in DataLoader(EvalImages(data.images, data.targets, index), batch_size=128):
+        mean, std = module.normalization
+        for x, _ in DataLoader(EvalImages(data.images, data.targets, index, mean=mean, std=std), batch_size=128):
             h = module.teacher.backbone(x.to(memory_format=module.memory_format))
             probs.append(module(x))
             feats.append(h.float())

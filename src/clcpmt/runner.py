@@ -41,7 +41,7 @@ from .export import model_card
 from .losses import class_prior, probabilities
 from .methods import METHODS, build_method
 from .metrics import f1_thresholds, format_report, multilabel_metrics, srcmt_metrics, standard_metrics
-from .model import check_model, create_student
+from .model import check_model, create_student, normalization
 from .module import SSLModule
 from .plots import plot_training
 from .report import write_report  # at import, not at the run's end: a file edited during a long run is not mixed in
@@ -62,6 +62,7 @@ def build_system(
     for method.class_balance; None when a checkpoint will supply it. from_checkpoint: a checkpoint's weights replace
     the initial ones at once, so start from random init without logging it (the caller names the checkpoint; the
     model.pretrained file need not exist any more)."""
+    cfg = with_normalization(cfg)
     student, source = create_student(
         cfg.model.backbone,
         len(classes),
@@ -117,9 +118,20 @@ def build_system(
         task,
         t.optimizer,
         m.teacher_bn,
+        mean=cfg.model.mean,
+        std=cfg.model.std,
     )
     module.weights_source = source
     return module
+
+
+def with_normalization(cfg: Config) -> Config:
+    """cfg with model.mean / model.std resolved (the weights' own statistics unless set), so that the run's config,
+    its checkpoints and every later evaluate, predict and export normalise as training did."""
+    if cfg.model.mean:
+        return cfg
+    mean, std = normalization(cfg.model.backbone, cfg.model.pretrained)
+    return replace(cfg, model=replace(cfg.model, mean=mean, std=std))
 
 
 def student_sees_strong(method: str, student_view: str) -> bool:
@@ -177,6 +189,7 @@ def train(
     # a run resumed from its last checkpoint takes every weight from it: its starting weights file may be gone
     from_last = resume and last.is_file()
     check_model(cfg.model.backbone, "none" if from_last else cfg.model.pretrained)  # before an image cache is filled
+    cfg = with_normalization(cfg)
     created = rank_zero_only.rank == 0 and not run_dir.exists()  # a launcher may start every process at once
     writable_folder(run_dir, "run_dir")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -195,6 +208,8 @@ def train(
             cfg.train.seed,
             cfg.data.labeled_balance,
             recipe.labeled_views,
+            mean=cfg.model.mean,
+            std=cfg.model.std,
         )
         prior = class_prior(torch.as_tensor(data.targets[data.parts["labeled"]]), len(data.classes), data.task)
         module = build_system(
@@ -269,6 +284,7 @@ def train(
     results["best_epoch"] = (
         int(torch.load(best.best_model_path, weights_only=False)["epoch"]) if best.best_model_path else -1
     )
+    results["weights"] = module.weights_source  # where the backbone's starting weights came from (model card)
     plot_training(run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     (run_dir / "MODEL_CARD.md").write_text(model_card(run_dir, cfg))
@@ -368,7 +384,11 @@ def resumed_config(cfg: Config, last: Path) -> Config:
     started = read_checkpoint(last)["hyper_parameters"]["config"] if last.is_file() else None
     if started is None:
         started = to_dict(load_config(run_dir / "config.yaml"))
-    changed = changed_settings({**with_defaults(started), "run_dir": ""}, {**to_dict(cfg), "run_dir": ""})
+    started = with_defaults(started)
+    if not cfg.model.mean and isinstance(started.get("model"), dict):  # left unset: the run's own normalisation
+        kept = {k: tuple(started["model"].get(k) or ()) for k in ("mean", "std")}
+        cfg = replace(cfg, model=replace(cfg.model, **kept))
+    changed = changed_settings({**started, "run_dir": ""}, {**to_dict(cfg), "run_dir": ""})
     if changed:
         raise ConfigError(f"--resume {run_dir}: the run started with other settings: {'; '.join(changed)}. A resumed "
                           "run continues the run it was: undo the change, or start a new run with another run_dir "
@@ -384,7 +404,8 @@ def load_system(checkpoint: str | Path, announce: bool = True) -> tuple[SSLModul
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     ckpt = read_checkpoint(checkpoint)
-    cfg = config_from_dict(ckpt["hyper_parameters"]["config"])  # model.pretrained as the run started (model card)
+    # model.pretrained as the run started (model card); a run from before model.mean/std normalised as it resolves
+    cfg = with_normalization(config_from_dict(ckpt["hyper_parameters"]["config"]))
     hp = ckpt["hyper_parameters"]
     size = _table_size(ckpt)
     module = build_system(cfg, tuple(hp["classes"]), size, hp["steps_per_epoch"], hp["task"], from_checkpoint=True)
@@ -409,7 +430,9 @@ def _table_size(ckpt: dict) -> int:
 @torch.no_grad()
 def predict_probs(module: SSLModule, images: np.ndarray, index: np.ndarray) -> dict[str, torch.Tensor]:
     """Teacher and student probabilities (N, C) for images[index]."""
-    loader = DataLoader(EvalImages(images, np.zeros(len(images), dtype=np.int64), index), batch_size=128)
+    mean, std = module.normalization
+    ds = EvalImages(images, np.zeros(len(images), dtype=np.int64), index, mean=mean, std=std)
+    loader = DataLoader(ds, batch_size=128)
     out: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
     for x, _ in loader:
         x = x.to(memory_format=module.memory_format)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .readers import DataError
 from .sources import PreparedData
-from .transforms import BatchViews, normalize
+from .transforms import BatchViews, Stats, normalize
 
 
 def _tensor(img: np.ndarray) -> torch.Tensor:
@@ -58,8 +58,8 @@ class SSLViews:
     resumed run sees the batches of the uninterrupted one, whatever the number of workers or the device.
     """
 
-    def __init__(self, labeled_views: int = 2, strong: bool = True) -> None:
-        self.labeled_views, self.strong, self.views = labeled_views, strong, BatchViews()
+    def __init__(self, labeled_views: int, strong: bool, *, mean: Stats, std: Stats) -> None:
+        self.labeled_views, self.strong, self.views = labeled_views, strong, BatchViews(mean, std)
 
     @staticmethod
     def _generator(seeds: torch.Tensor, stream: int) -> torch.Generator:
@@ -80,10 +80,10 @@ class SSLViews:
 
 
 class EvalImages(Dataset):
-    """Normalised images (no augmentation) and their labels."""
+    """Images normalised with (mean, std) (no augmentation) and their labels."""
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, index: np.ndarray) -> None:
-        self.images, self.targets, self.index, self.norm = images, targets, index, normalize()
+    def __init__(self, images: np.ndarray, targets: np.ndarray, index: np.ndarray, *, mean: Stats, std: Stats) -> None:
+        self.images, self.targets, self.index, self.norm = images, targets, index, normalize(mean, std)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -147,6 +147,7 @@ class SSLDataModule(L.LightningDataModule):
     """Labeled + unlabeled training batches (both sampled for steps_per_epoch steps) and a validation loader.
 
     The loaders carry uint8 images; their views are made per batch after the transfer to the device (`SSLViews`).
+    mean, std: the normalisation of every view and evaluation image (the backbone weights' own, `model.normalization`).
     """
 
     def __init__(
@@ -161,10 +162,13 @@ class SSLDataModule(L.LightningDataModule):
         seed: int = 0,
         labeled_balance: float = 0.0,
         labeled_views: int = 2,
+        *,
+        mean: Stats,
+        std: Stats,
     ) -> None:
         super().__init__()
-        self.labeled_balance = labeled_balance
-        self.make_views = SSLViews(labeled_views, strong)
+        self.labeled_balance, self.mean, self.std = labeled_balance, mean, std
+        self.make_views = SSLViews(labeled_views, strong, mean=mean, std=std)
         self.data = data
         self.batch_labeled, self.batch_unlabeled = batch_labeled, batch_unlabeled
         self.num_workers, self.use_unlabeled, self.strong, self.seed = num_workers, use_unlabeled, strong, seed
@@ -206,7 +210,7 @@ class SSLDataModule(L.LightningDataModule):
 
     def eval_loader(self, part: str) -> DataLoader:
         """Loader over one part ('validation', 'testing', ...) in file order."""
-        ds = EvalImages(self.data.images, self.data.targets, self.data.parts[part])
+        ds = EvalImages(self.data.images, self.data.targets, self.data.parts[part], mean=self.mean, std=self.std)
         return DataLoader(ds, batch_size=128, shuffle=False, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:

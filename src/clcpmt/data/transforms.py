@@ -11,7 +11,8 @@ applied in a few batched tensor ops on the batch's device (the GPU when training
   formulas; no hue: costly, and lesion hue is diagnostic; the order of the three drawn per batch), Gaussian blur
   (3x3, σ in [0.1, 1.5], p = 0.5) and RandAugment (2 ops at magnitude 7 of 31): each image draws its ops and signs,
   and the images that drew the same op are transformed together by torchvision's own implementation of it.
-Images are float in [0, 1] until the ImageNet normalisation at the end.
+Images are float in [0, 1] until the normalisation at the end, with the statistics of the backbone's weights
+(`model.normalization`).
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # random-init runs (and most timm weights); pretrained ones use their own
 IMAGENET_STD = (0.229, 0.224, 0.225)
+Stats = tuple[float, ...]
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights
 RAND_AUGMENT = v2.RandAugment(num_ops=2, magnitude=7)  # torchvision's op table, magnitudes and fill
 
 
-def normalize() -> v2.Compose:
-    """uint8 -> float in [0, 1] -> ImageNet mean/std (what timm backbones expect); one image or a batch."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def normalize(mean: Stats, std: Stats) -> v2.Compose:
+    """uint8 -> float in [0, 1] -> (x - mean) / std, the statistics the backbone's weights expect; one image or a
+    batch."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tensor:
@@ -133,11 +136,12 @@ def rand_augment(images: torch.Tensor, ops: torch.Tensor, negative: torch.Tensor
 
 
 class BatchViews:
-    """Weak and strong views of (n, 3, S, S) uint8 batches; every random parameter comes from the generator given."""
+    """Weak and strong views of (n, 3, S, S) uint8 batches, normalised with (mean, std) per channel; every random
+    parameter comes from the generator given."""
 
-    def __init__(self) -> None:
-        self.mean = torch.tensor(IMAGENET_MEAN)[None, :, None, None]
-        self.std = torch.tensor(IMAGENET_STD)[None, :, None, None]
+    def __init__(self, mean: Stats, std: Stats) -> None:
+        self.mean = torch.tensor(mean)[None, :, None, None]
+        self.std = torch.tensor(std)[None, :, None, None]
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean.to(images)) / self.std.to(images)
