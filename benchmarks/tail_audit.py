@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from clcpmt.data.sources import prepare_data
-from clcpmt.runner import load_system, predict_probs
+from clcpmt.runner import load_system, predict_probs, read_checkpoint
 
 COLUMNS = ("n", "share predicted", "true share", "recall", "p(true)", "threshold", "reached", "precision")
 
@@ -73,7 +73,7 @@ def audit(run: Path) -> tuple[tuple[str, ...], np.ndarray]:
         p = predict_probs(module, data.images, idx)[who]
         if method.debias is not None:
             p = method.debias(p)
-    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(best)
     spe = ckpt["hyper_parameters"]["steps_per_epoch"]
     epoch = ckpt["epoch"] + (spe - 1) / spe  # the progress of the epoch's last step, whose thresholds the run held
     thresholds = method.rule.thresholds(epoch).numpy()

@@ -47,7 +47,7 @@ def test_bad_type_and_bad_value_name_the_key():
         load_config(None, ["--method.class_balance=logit_adjusted"])
     with pytest.raises(ConfigError, match=r"method\.balance_strength must be >= 0; got -1"):
         load_config(None, ["--method.balance_strength=-1"])
-    with pytest.raises(ConfigError, match=r"method\.sde_bank must be >= 0 \(0: no memory bank\); got -5"):
+    with pytest.raises(ConfigError, match=r"method\.sde_bank must be in \[0, 1000000\] \(0: no memory bank\); got -5"):
         load_config(None, ["--method.sde_bank=-5"])
     with pytest.raises(ConfigError, match=r"data\.synthetic_contrast must be > 0; got 0"):
         load_config(None, ["--data.synthetic_contrast=0"])
@@ -130,10 +130,10 @@ def test_teacher_bn_is_a_checked_choice():
         ("--data.labeled=1.5", r"data\.labeled must be a fraction in \(0, 1\] or a whole count .* got 1\.5"),
         ("--data.labeled=0", r"data\.labeled must be .*got 0"),
         ("--train.lr=-0.1", r"train\.lr must be > 0; got -0\.1"),
-        ("--data.batch_labeled=0", r"data\.batch_labeled must be >= 1; got 0"),
-        ("--data.batch_unlabeled=0", r"data\.batch_unlabeled must be >= 1; got 0"),
+        ("--data.batch_labeled=0", r"data\.batch_labeled must be in \[1, 8192\]; got 0"),
+        ("--data.batch_unlabeled=0", r"data\.batch_unlabeled must be in \[1, 8192\]; got 0"),
         ("--train.steps_per_epoch=-5", r"train\.steps_per_epoch must be >= 0; got -5"),
-        ("--data.num_workers=-1", r"data\.num_workers must be >= 0; got -1"),
+        ("--data.num_workers=-1", r"data\.num_workers must be in \[0, 256\]; got -1"),
         ("--method.debias=-1", r"method\.debias must be >= 0 \(0: off\); got -1"),
         ("--method.debias_momentum=1", r"method\.debias_momentum must be in \[0, 1\); got 1"),
         ("--method.debias_target=labeled", r"method\.debias_target=labeled acts only with method\.debias > 0"),

@@ -123,9 +123,13 @@ def cmd_report(args: argparse.Namespace, overrides: list[str]) -> None:
 
     if overrides:
         raise ConfigError(f"report takes no config overrides; got {' '.join(overrides)}")
+    from .runner import run_in_use
+
     out = write_report(args.runs, args.out, args.baseline)
     for run in map(Path, args.runs):
-        if not (run / "metrics.json").is_file():
+        if pid := run_in_use(run):
+            print(f"note: {run} is still training (process {pid}): its section shows the epochs logged so far")
+        elif not (run / "metrics.json").is_file():
             print(f"note: {run} has not finished (no metrics.json): its section shows the epochs logged so far")
     print(f"wrote {out}")
 

@@ -49,7 +49,7 @@ def check_loaded(net: nn.Module, path: Path, backbone: str) -> None:
     random init under a log line that says "weights from local file"."""
     from timm.models import load_state_dict
 
-    stored = load_state_dict(str(path), weights_only=False)  # timm's reader: unwraps "state_dict", EMA, "module."
+    stored = load_state_dict(str(path), weights_only=True)  # timm's reader: unwraps "state_dict", EMA, "module."
     state = net.state_dict()
     missing = [k for k, v in state.items() if k not in stored or stored[k].shape != v.shape]
     differ = [k for k, v in state.items() if k not in missing and not torch.equal(stored[k].to(v.dtype), v)]

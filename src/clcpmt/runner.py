@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
+import pickle
 import shutil
 import signal
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -173,15 +177,76 @@ def check_run_folder(run_dir: Path, resume: bool, fresh_folder_ok: bool = False)
         raise FileNotFoundError(f"--resume {run_dir}: no run there (no config.yaml)")
 
 
+LOCK = ".lock"
+
+
+class RunInUseError(FileExistsError):
+    """Another process holds the run folder (its PID is in the message)."""
+
+
+def _holder(lock: object) -> str:
+    lock.seek(0)
+    return lock.read().strip() or "?"
+
+
+@contextlib.contextmanager
+def hold_run_folder(run_dir: Path) -> Iterator[bool]:
+    """An exclusive lock on run_dir (flock on run_dir/.lock) for the life of a run: one run folder, one process.
+
+    The kernel drops the lock when the process ends, also by kill -9, so a killed run resumes with no clean-up.
+    Yields whether this call made the folder; a start that fails before writing anything else removes it again."""
+    created = not run_dir.exists()
+    writable_folder(run_dir, "run_dir")
+    lock = open(run_dir / LOCK, "a+")  # held open for the whole run, closed below
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _holder(lock)
+        lock.close()
+        raise RunInUseError(f"{run_dir} is in use by another clcpmt process (PID {pid}): one run folder takes one "
+                            "process; wait for it to end, stop it, or choose another run_dir") from None  # fmt: skip
+    try:
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield created
+    finally:
+        if created and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK}:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        lock.close()
+
+
+def run_in_use(run_dir: Path) -> str | None:
+    """The PID of the process training in run_dir, or None (a reader's check: it takes no lock it keeps)."""
+    if not (run_dir / LOCK).is_file():
+        return None
+    with open(run_dir / LOCK) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(lock)
+    return None
+
+
 def train(
     cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (), fresh_folder_ok: bool = False
 ) -> Path | None:
-    """Fit cfg's method, then evaluate the best checkpoint on validation and testing. Returns the run folder
-    (None in the other processes of a distributed run). fresh_folder_ok: the caller made run_dir for this run."""
+    """Fit cfg's method, then evaluate the best checkpoint on validation and testing, holding the run folder's lock
+    throughout. Returns the run folder (None in the other processes of a distributed run, where the launching
+    process holds the lock). fresh_folder_ok: the caller made run_dir for this run."""
     quiet_lightning_logs()
+    if rank_zero_only.rank != 0:  # DDP's other processes start later, when process 0 has written the folder
+        return _train(cfg, resume, callbacks, fresh_folder_ok, created=False)
+    with hold_run_folder(Path(cfg.run_dir)) as created:
+        return _train(cfg, resume, callbacks, fresh_folder_ok, created)
+
+
+def _train(
+    cfg: Config, resume: bool, callbacks: tuple[Callback, ...], fresh_folder_ok: bool, created: bool
+) -> Path | None:
     run_dir = Path(cfg.run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
-    if rank_zero_only.rank == 0:  # DDP's other processes start later, when process 0 has written the folder
+    if rank_zero_only.rank == 0:
         check_run_folder(run_dir, resume, fresh_folder_ok)
         clean_partial_checkpoints(run_dir / "checkpoints")
     if resume:
@@ -190,7 +255,6 @@ def train(
     from_last = resume and last.is_file()
     check_model(cfg.model.backbone, "none" if from_last else cfg.model.pretrained)  # before an image cache is filled
     cfg = with_normalization(cfg)
-    created = rank_zero_only.rank == 0 and not run_dir.exists()  # a launcher may start every process at once
     writable_folder(run_dir, "run_dir")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     try:
@@ -269,7 +333,10 @@ def train(
         # CatMetric gathers the validation set across processes, so the logged values are already global
         warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
         try:
-            trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
+            # weights_only: the resumed checkpoint is read with torch's safe unpickler too (read first by
+            # resumed_config, which names the file if it holds anything else)
+            trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None,
+                        weights_only=True)  # fmt: skip
         except SIGTERMException:
             # Lightning turns SIGTERM into SystemExit() after saving nothing more: exit status 0, which a caller such
             # as `bench` would read as a finished run. 143 (128 + SIGTERM) says it was stopped. DDP's other processes
@@ -281,9 +348,7 @@ def train(
     if not trainer.is_global_zero:  # distributed: process 0 alone evaluates and writes metrics.json
         return None
     results = evaluate_parts(best.best_model_path or str(last), data, ("validation", "testing"), verbose=False)
-    results["best_epoch"] = (
-        int(torch.load(best.best_model_path, weights_only=False)["epoch"]) if best.best_model_path else -1
-    )
+    results["best_epoch"] = int(read_checkpoint(best.best_model_path)["epoch"]) if best.best_model_path else -1
     results["weights"] = module.weights_source  # where the backbone's starting weights came from (model card)
     plot_training(run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
@@ -343,9 +408,16 @@ def run_checkpoint(target: str, which: str) -> Path:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """torch.load of a clcpmt checkpoint, or one clear error naming the file."""
+    """torch.load of a clcpmt checkpoint with torch's safe unpickler (tensors and plain values only: a file someone
+    sent can never run code here), or one clear error naming the file."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # the safe unpickler refused a global: a class or function to call
+        if "weights only load failed" in str(e).lower():
+            raise CheckpointError(f"{path} holds objects other than tensors and plain values; clcpmt loads only "
+                                  "those (torch.load weights_only=True) and never runs code from a file, so it "
+                                  "does not open this one") from None  # fmt: skip
+        raise CheckpointError(f"{path} is not a readable checkpoint ({e})") from None
     except Exception as e:  # truncated (EOFError, RuntimeError), not a zip (pickle errors), unreadable (OSError)
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); a run folder's "
                               "best.ckpt and last.ckpt are the checkpoints clcpmt writes") from None  # fmt: skip
