@@ -181,17 +181,20 @@ def test_interrupted_cache_resumes(tmp_path, monkeypatch):
 class _SerialPool:
     """Pool stand-in that runs in this process (so the test can monkeypatch the decoder)."""
 
-    def __init__(self, n):
+    def __init__(self, n, initializer=None):
         pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
     def imap(self, fn, jobs, chunksize=1):
         return map(fn, jobs)
+
+    def close(self):
+        pass
+
+    def terminate(self):
+        pass
+
+    def join(self):
+        pass
 
 
 def test_splits_are_stratified_and_reproducible():

@@ -62,6 +62,8 @@ def load_grid(path: str | Path) -> Grid:
     for name, overrides in grid.variants.items():
         if not str(name).replace(".", "").replace("_", "").isalnum() or not isinstance(overrides, list):
             raise ConfigError(f"{path}: variants.{name} must be a name of letters, digits, '.', '_' with a list")
+    if grid.jobs < 1:
+        raise ConfigError(f"{path}: jobs must be >= 1; got {grid.jobs}")
     if grid.table_split not in ("testing", "validation"):
         raise ConfigError(f"{path}: table_split must be testing or validation; got '{grid.table_split}'")
     return grid
@@ -349,6 +351,8 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, 
 def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Path:
     """Run every missing run of the grid (`jobs` at once; 0 = the grid's own), then write results.csv and
     results.md into grid.out."""
+    if jobs < 0:
+        raise ConfigError(f"--jobs must be >= 0 (0 = the grid file's `jobs`); got {jobs}")
     grid = load_grid(grid_path)
     if jobs:
         grid = dataclasses.replace(grid, jobs=jobs)

@@ -123,8 +123,9 @@ def cmd_report(args: argparse.Namespace, overrides: list[str]) -> None:
 
     if overrides:
         raise ConfigError(f"report takes no config overrides; got {' '.join(overrides)}")
-    from .runner import run_in_use
+    from .runner import check_out, run_in_use
 
+    check_out(Path(args.out), overwrite=True)  # a report replaces the previous one by design
     out = write_report(args.runs, args.out, args.baseline)
     for run in map(Path, args.runs):
         if pid := run_in_use(run):

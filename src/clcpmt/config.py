@@ -344,10 +344,12 @@ def validate(cfg: Config) -> None:
 
 def _validate_devices(devices: str) -> None:
     parts = devices.replace(" ", "").strip("[]").split(",")
-    count = len(parts) == 1 and parts[0].isdigit() and int(parts[0]) >= 1
+    count = len(parts) == 1 and parts[0].isdigit() and 1 <= int(parts[0]) <= 1024  # more is a typo, not a node
     indices = len(parts) > 1 and all(p.isdigit() for p in parts) and len(set(parts)) == len(parts)
     if devices != "auto" and not count and not indices:
-        raise ConfigError(f"train.devices must be auto, a count >= 1 or distinct device indices (0,1); got '{devices}'")
+        raise ConfigError(
+            f"train.devices must be auto, a count in [1, 1024] or distinct device indices (0,1); got '{devices}'"
+        )
 
 
 def _validate_normalization(m: ModelConfig) -> None:

@@ -228,6 +228,27 @@ def run_in_use(run_dir: Path) -> str | None:
     return None
 
 
+def _trainer(cfg: Config, **kwargs) -> L.Trainer:
+    """Lightning's Trainer on cfg.train's accelerator and devices, its device banner ("GPU available: ...", "TPU
+    available: ...") replaced by one line of ours, and a device request the machine cannot meet a ConfigError."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    banner = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = banner.level
+    banner.setLevel(logging.WARNING)
+    try:
+        trainer = L.Trainer(accelerator=cfg.train.accelerator, devices=cfg.train.devices, **kwargs)
+    except MisconfigurationException as e:
+        asked = f"train.accelerator={cfg.train.accelerator}, train.devices={cfg.train.devices}"
+        raise ConfigError(f"{asked}: {e}") from None
+    finally:
+        banner.setLevel(level)
+    kind = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
+    log.info(f"training on {kind}: {trainer.num_devices} device(s) x {trainer.num_nodes} node(s), "
+             f"precision {trainer.precision}, {torch.get_num_threads()} CPU threads")  # fmt: skip
+    return trainer
+
+
 def train(
     cfg: Config, resume: bool = False, callbacks: tuple[Callback, ...] = (), fresh_folder_ok: bool = False
 ) -> Path | None:
@@ -309,10 +330,9 @@ def _train(
     # a resumed run logs into logs/resume_N/: Lightning's CSVLogger would delete the earlier epochs' metrics.csv
     version = f"resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}" if resume and last.exists() else ""
     bar = [RunProgressBar()] if cfg.train.progress_bar else []
-    trainer = L.Trainer(
+    trainer = _trainer(
+        cfg,
         max_epochs=cfg.train.epochs,
-        accelerator=cfg.train.accelerator,
-        devices=cfg.train.devices,
         precision=cfg.train.precision,
         callbacks=[best, latest, EpochLine(), *bar, *callbacks],
         default_root_dir=run_dir,
@@ -599,6 +619,8 @@ def predict(
     """Write class probabilities in the ISIC submission format: image + one column per class."""
     out = Path(out)
     check_out(out, overwrite)
+    if not str(source):  # Path("") would be the current folder: never guess that
+        raise DataError("--images is empty; give an image folder or a text file with one image path per line")
     paths = list_images(source)
     stems = Counter(p.stem for p in paths)
     if len(stems) != len(paths):

@@ -6,6 +6,7 @@ import csv
 import fcntl
 import hashlib
 import os
+import signal
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
@@ -194,24 +195,58 @@ def cached_images(paths: list[Path], size: int, center_crop: bool, cache_dir: st
     return np.load(target, mmap_mode="r")
 
 
+def _worker_signals() -> None:
+    """Pool workers die on SIGTERM and leave Ctrl-C to the parent.
+
+    A forked worker inherits the parent's Python SIGTERM handler (bench's, Lightning's, a notebook's). A Python handler
+    cannot run while the worker blocks in C on the task queue's lock, so `Pool.terminate` then waits forever on it:
+    the fill hung at 0 % CPU. With the default action the kernel ends the worker at once.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _fill_cache(target: Path, paths: list[Path], size: int, center_crop: bool) -> None:
     from tqdm import tqdm
 
     target.parent.mkdir(parents=True, exist_ok=True)
     partial, progress = target.with_suffix(".partial.npy"), target.with_suffix(".progress")
-    start = int(progress.read_text()) if partial.exists() and progress.exists() else 0
+    start = _saved_progress(progress) if partial.exists() else 0
     shape = (len(paths), size, size, 3)
     out = np.lib.format.open_memmap(partial, mode="r+" if start else "w+", dtype=np.uint8, shape=shape)
     jobs = [(p, size, center_crop) for p in paths[start:]]
     bar = tqdm(total=len(paths), initial=start, desc=f"caching images at {size} px", disable=len(paths) < 2000)
-    with Pool(min(os.cpu_count() or 1, 8)) as pool, bar:
-        for i, arr in enumerate(pool.imap(_load_one, jobs, chunksize=64), start=start):
-            out[i] = arr
-            bar.update()
-            if (i + 1) % 2048 == 0:
-                out.flush()
-                progress.write_text(str(i + 1))
+    pool = Pool(min(os.cpu_count() or 1, 8), initializer=_worker_signals)
+    try:
+        with bar:
+            for i, arr in enumerate(pool.imap(_load_one, jobs, chunksize=64), start=start):
+                out[i] = arr
+                bar.update()
+                if (i + 1) % 2048 == 0:
+                    out.flush()
+                    _save_progress(progress, i + 1)
+        pool.close()  # workers finish and exit by themselves: no terminate on the path that succeeds
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
     out.flush()
     del out
     os.replace(partial, target)
     progress.unlink(missing_ok=True)
+
+
+def _save_progress(progress: Path, done: int) -> None:
+    """Written atomically: a kill between truncating and writing must not leave an empty progress file."""
+    tmp = progress.with_suffix(".progress.tmp")
+    tmp.write_text(str(done))
+    os.replace(tmp, progress)
+
+
+def _saved_progress(progress: Path) -> int:
+    """Images already in the partial cache file; 0 (start over) when the count is missing or unreadable."""
+    try:
+        return int(progress.read_text())
+    except (OSError, ValueError):
+        return 0
