@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import statistics
 
-from clcpmt.bench import COLUMNS, paired_difference
+from clcpmt.bench import COLUMNS
+from clcpmt.stats import diff_cell, gap_closed, mean_std, paired_difference
 
 # the grid table's headline columns (bench.COLUMNS), without the srcmt protocol and the validation AUC
 HEADLINE = [c for c in COLUMNS if not c[0].startswith(("srcmt/", "val_"))]
@@ -35,20 +35,6 @@ def by_seed(rows: list[dict], name: str, labeled: float, metric: str) -> dict[in
         if row_name(r) == name and float(r["labeled"]) == labeled and r.get(metric):
             out[int(r["seed"])] = float(r[metric])
     return out
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
-def diff_cell(d: float, se: float, n: int) -> str:
-    if n == 0:
-        return "-"
-    return f"{d:+.2f}" + (f" ± {se:.2f}" if n > 1 else " (n = 1)")
 
 
 def groups(rows: list[dict]) -> list[tuple[str, float]]:
@@ -87,13 +73,8 @@ def differences(rows: list[dict], metrics: list[str], references: list[str], cei
             for ref in references:
                 cells.append("" if ref == m else diff_cell(*paired_difference(mine, by_seed(rows, ref, lab, metric))))
             floor = by_seed(rows, "supervised", lab, metric)
-            common = sorted(mine.keys() & floor.keys())  # seed-paired, like the differences beside it
             top = list(by_seed(rows, ceiling, 1.0, metric).values())
-            gap = math.nan
-            if top and common and m != "supervised":
-                low = statistics.mean(floor[s] for s in common)
-                span = statistics.mean(top) - low
-                gap = statistics.mean(mine[s] - floor[s] for s in common) / span if span > 0 else math.nan
+            gap = gap_closed(mine, floor, top) if m != "supervised" else math.nan
             cells.append(f"{100 * gap:.0f} %" if math.isfinite(gap) else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

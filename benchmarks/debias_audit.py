@@ -34,9 +34,10 @@ import torch
 from tail_audit import per_class  # beside this file: `python benchmarks/debias_audit.py` puts benchmarks/ on the path
 
 from clcpmt.data.sources import prepare_data
+from clcpmt.inference import predict_probs
 from clcpmt.losses import class_prior
 from clcpmt.metrics import standard_metrics
-from clcpmt.runner import load_system, predict_probs
+from clcpmt.system import load_system
 from clcpmt.thresholds import CAPRThreshold, Debias
 
 CANDIDATES = [("none", "", 0.0), ("uniform, lam 0.4", "uniform", 0.4), ("uniform, lam 1", "uniform", 1.0),

@@ -13,7 +13,7 @@ import statistics
 from compare import by_seed as fraction_by_seed
 from compare import row_name
 
-from clcpmt.bench import paired_difference
+from clcpmt.stats import paired_difference
 
 
 def by_seed(rows: list[dict], name: str, metric: str, labeled: float | None) -> dict[int, float]:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from clcpmt.data.sources import prepare_data
-from clcpmt.runner import load_system, predict_probs
+from clcpmt.inference import predict_probs
+from clcpmt.system import load_system
 
 
 def audit(run: Path, low: float | None = None) -> tuple[tuple[str, ...], np.ndarray]:

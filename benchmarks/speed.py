@@ -32,14 +32,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
-from clcpmt.cli import resolve_config
-from clcpmt.config import Config, load_config
+from clcpmt.config import Config, load_config, resolve_config
 from clcpmt.data.datamodule import SSLDataModule
 from clcpmt.data.sources import PreparedData, prepare_data
 from clcpmt.losses import ema_update
 from clcpmt.methods import METHODS, Progress, SSLBatch
 from clcpmt.module import SSLModule, set_teacher_mode
-from clcpmt.runner import build_system, student_sees_strong
+from clcpmt.system import build_system, student_sees_strong
 
 METHOD_NAMES = "supervised,mean_teacher,clcp_mt,fixmatch,flexmatch,freematch"
 

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from clcpmt.data.sources import prepare_data
-from clcpmt.runner import load_system, predict_probs, read_checkpoint
+from clcpmt.inference import predict_probs
+from clcpmt.system import load_system, read_checkpoint
 
 COLUMNS = ("n", "share predicted", "true share", "recall", "p(true)", "threshold", "reached", "precision")
 

@@ -20,10 +20,10 @@ from clcpmt.bench import (
     grid_runs,
     load_grid,
     markdown,
-    paired_difference,
     run_name,
 )
 from clcpmt.config import ConfigError
+from clcpmt.stats import paired_difference
 
 
 def test_grid_runs_and_errors(tmp_path):
@@ -284,13 +284,13 @@ def test_debias_audit_candidates_and_capr_steady_state_hand_case():
     assert torch.allclose(audit.adjust(q, unlabeled, p_bar, "labeled", 1.0), q, atol=1e-6)
 
 
-def test_readme_names_every_grid_key():
-    """The README's bench paragraph is the grid file's reference: a key added to Grid must be named there."""
+def test_the_configuration_reference_names_every_grid_key():
+    """docs/configuration.md is the grid file's reference: a key added to Grid must be named there."""
     from clcpmt.bench import Grid
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    missing = [f.name for f in dataclasses.fields(Grid) if f"`{f.name}`" not in readme]
-    assert not missing, f"README.md does not name the grid keys {missing}"
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    missing = [f.name for f in dataclasses.fields(Grid) if f"`{f.name}`" not in docs]
+    assert not missing, f"docs/configuration.md does not name the grid keys {missing}"
 
 
 def test_sigterm_stops_the_training_process_and_starts_no_other(tmp_path):
@@ -466,14 +466,16 @@ def test_a_run_that_exits_0_unfinished_is_failed_and_never_officially_evaluated(
     (run_dir / "config.yaml").write_text("")
     (run_dir / "official_test.json").write_text('{"standard/bacc": 1.0}')  # from an attempt that stopped early
     evaluated = []
-    monkeypatch.setattr("clcpmt.runner.evaluate_csv", lambda *a, **k: evaluated.append(a))
+    monkeypatch.setattr("clcpmt.inference.evaluate_csv", lambda *a, **k: evaluated.append(a))
     monkeypatch.setattr(bench_module, "run_child", lambda cmd, **kw: None)  # exit 0, no metrics.json
     with pytest.raises(subprocess.CalledProcessError):
         bench_module.run_one(grid, "supervised", 0.2, 0)
     assert not evaluated and not (run_dir / "official_test.json").exists()
 
     # a finished run whose official result is older than its best.ckpt (written by an older bench) is re-evaluated
-    monkeypatch.setattr("clcpmt.runner.evaluate_csv", lambda *a, **k: evaluated.append(a) or {"external/teacher": {}})
+    monkeypatch.setattr(
+        "clcpmt.inference.evaluate_csv", lambda *a, **k: evaluated.append(a) or {"external/teacher": {}}
+    )
     (run_dir / "metrics.json").write_text("{}")
     (run_dir / "official_test.json").write_text('{"standard/bacc": 1.0}')
     (run_dir / "checkpoints" / "best.ckpt").write_text("")

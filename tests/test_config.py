@@ -1,7 +1,16 @@
 import pytest
 
-from clcpmt.cli import main, resolve_config
-from clcpmt.config import Config, ConfigError, config_from_dict, load_config, parse_overrides, save_config, to_dict
+from clcpmt.cli import main
+from clcpmt.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    parse_overrides,
+    resolve_config,
+    save_config,
+    to_dict,
+)
 
 
 def test_defaults_file_then_command_line_wins(tmp_path):
@@ -91,26 +100,10 @@ def test_yaml_syntax_errors_name_the_file_line_or_key(tmp_path, capsys):
     assert f"{grid}: expected a mapping of grid keys" in capsys.readouterr().err
 
 
-def test_readme_cli_reference_names_every_config_key():
-    """The README's key table is the CLI reference: a key added to a config dataclass must appear in its row."""
-    import dataclasses
-    import re
-    from pathlib import Path
-
-    from clcpmt.config import Config
-
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    rows = dict(re.findall(r"^`(\w+)` \| (.*)$", readme.read_text(), flags=re.M))
-    for section in ("data", "model", "method", "train"):
-        fields = dataclasses.fields(type(getattr(Config(), section)))
-        missing = [f.name for f in fields if f"`{f.name}`" not in rows.get(section, "")]
-        assert not missing, f"README.md's `{section}` row lacks {missing}"
-
-
 def test_rampup_default_scales_with_the_schedule():
     from clcpmt.config import rampup_epochs
 
-    assert rampup_epochs(load_config(None, ["--train.epochs=100"])) == pytest.approx(30.0)  # SPEC: 30 of 100
+    assert rampup_epochs(load_config(None, ["--train.epochs=100"])) == pytest.approx(30.0)  # method.md: 30 of 100
     assert rampup_epochs(load_config(None, ["--train.epochs=15"])) == pytest.approx(4.5)
     assert rampup_epochs(load_config(None, ["--train.epochs=15", "--method.rampup_epochs=2"])) == 2.0
     assert rampup_epochs(load_config(None, ["--method.rampup_epochs=0"])) == 0.0  # no ramp-up
@@ -160,3 +153,14 @@ def test_scientific_notation_is_a_float():
     assert load_config(None, ["--train.lr=1e-4"]).train.lr == 1e-4  # YAML 1.1 alone would read a string
     with pytest.raises(ConfigError, match=r"train\.lr must be float; got 'fast'"):
         load_config(None, ["--train.lr=fast"])
+
+
+def test_the_configuration_reference_is_up_to_date():
+    from pathlib import Path
+
+    from clcpmt.bench import reference
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert docs.read_text() == reference(), "regenerate docs/configuration.md (the command is in its first lines)"
+    for key in ("`method.tau_min`", "`train.devices`", "`data.classes`", "`extra_runs`", "`jobs`"):
+        assert key in docs.read_text()

@@ -7,7 +7,9 @@ from PIL import Image
 from clcpmt.cli import main
 from clcpmt.config import load_config
 from clcpmt.export import onnx_metadata, onnx_probabilities
-from clcpmt.runner import load_system, predict_probs, train
+from clcpmt.inference import predict_probs
+from clcpmt.runner import train
+from clcpmt.system import load_system
 from test_train import tiny
 
 pytest.importorskip("onnxruntime")

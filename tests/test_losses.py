@@ -98,7 +98,7 @@ def test_consistency_loss_hand_value():
 
 
 def _supcon_reference(z, labels, tau):
-    """Plain loops, straight from SPEC §3.3."""
+    """Plain loops, straight from method.md §3.3."""
     n, losses = len(z), []
     for i in range(n):
         pos = [p for p in range(n) if p != i and labels[p] == labels[i]]

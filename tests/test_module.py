@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from clcpmt import runner
+from clcpmt import system
 from clcpmt.config import load_config
 from clcpmt.losses import ema_update
 from clcpmt.module import SSLModule, set_teacher_mode
@@ -49,7 +49,7 @@ class Probe(SSLModule):
 
 @pytest.mark.parametrize("mode", ["ema", "batch"])
 def test_teacher_mode_holds_in_a_real_fit_and_only_the_ema_writes_its_buffers(tmp_path, monkeypatch, mode):
-    monkeypatch.setattr(runner, "SSLModule", Probe)
+    monkeypatch.setattr(system, "SSLModule", Probe)
     Probe.records = []
     cfg = load_config(None, tiny(tmp_path, **{"method.teacher_bn": mode, "train.steps_per_epoch": 4}))
     train(cfg)

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from clcpmt.config import ConfigError, load_config
+from clcpmt.inference import predict_probs
 from clcpmt.model import PACKAGED_WEIGHTS, create_student, efficientnet_lite_state_dict
-from clcpmt.runner import load_system, predict_probs, train
+from clcpmt.runner import train
+from clcpmt.system import load_system
 from test_train import tiny
 
 reference = pytest.importorskip("efficientnet_lite_pytorch", reason="the reference implementation (test extra)")

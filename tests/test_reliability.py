@@ -10,7 +10,8 @@ from lightning.pytorch.callbacks import Callback
 
 from clcpmt.cli import main
 from clcpmt.config import load_config
-from clcpmt.runner import AtomicCheckpointIO, clean_partial_checkpoints, run_checkpoint, train
+from clcpmt.runner import AtomicCheckpointIO, clean_partial_checkpoints, train
+from clcpmt.system import run_checkpoint
 from test_train import Crash, tiny
 
 

@@ -13,7 +13,8 @@ from clcpmt.data.readers import read_labels
 from clcpmt.data.splits import write_split_csv
 from clcpmt.data.synthetic import FINDINGS
 from clcpmt.losses import class_prior
-from clcpmt.runner import build_system, load_system, student_sees_strong, train
+from clcpmt.runner import train
+from clcpmt.system import build_system, load_system, student_sees_strong
 
 
 def tiny(tmp_path, name="run", method="clcp_mt", **extra) -> list[str]:
@@ -135,7 +136,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     "method, view, strong",
     [
-        ("clcp_mt", "default", True),  # SPEC: strong view by default ...
+        ("clcp_mt", "default", True),  # method.md: strong view by default ...
         ("mean_teacher", "default", False),  # ... weak for plain Mean Teacher
         ("clcp_mt", "weak", False),
         ("mt_capr", "weak", False),

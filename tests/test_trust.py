@@ -9,7 +9,8 @@ import torch
 
 from clcpmt.cli import main
 from clcpmt.config import load_config
-from clcpmt.runner import read_checkpoint, train
+from clcpmt.runner import train
+from clcpmt.system import read_checkpoint
 from test_train import tiny
 
 

@@ -26,15 +26,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError, TrainingError, build_dataclass, read_yaml
+from .config import (
+    ConfigError,
+    TrainingError,
+    build_dataclass,
+    config_reference,
+    read_yaml,
+    reference_table,
+    resolve_config,
+)
 from .plots import run_logs
+from .stats import mean_std
 
 
 @dataclass(frozen=True)
 class Grid:
     config: str = "isic2018_cpu"  # base training config (path or packaged name)
-    out: str = "runs/bench"
+    out: str = "runs/bench"  # folder of the grid's runs and tables
     methods: tuple[str, ...] = ("supervised", "mean_teacher", "fixmatch", "flexmatch", "freematch", "clcp_mt")
+    # ... x labeled fractions (or counts) x seeds: every combination, seed-major
     labeled: tuple[float, ...] = (0.2,)
     seeds: tuple[int, ...] = (0, 1, 2)
     overrides: tuple[str, ...] = ()  # extra --section.key=value for every run
@@ -45,7 +55,16 @@ class Grid:
     official_images: str = ""  # ... and its image folder
     table_split: str = "testing"  # split of the Markdown table: testing (results) | validation (studies)
     keep_last: bool = False  # keep a finished run's last.ckpt (false: removed; best.ckpt stays for evaluate/predict)
-    jobs: int = 1  # runs at once
+    jobs: int = 1  # runs at once, each with cores / jobs threads unless OMP_NUM_THREADS is set
+
+
+def reference() -> str:
+    """docs/configuration.md: the training config's keys, then a grid file's."""
+    grid = ["", "## Benchmark grid files (`clcpmt bench GRID.yaml`)", "",
+            "Examples in `benchmarks/`. Finished runs are skipped, killed ones resumed; `results.csv` holds one row "
+            "per run, `results.md` the tables, `report.html` the comparison page.", ""]  # fmt: skip
+    grid += reference_table(Grid)
+    return config_reference() + "\n".join(grid) + "\n"
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -197,7 +216,6 @@ def run_overrides(grid: Grid, method: str, labeled: float, seed: int, variant: s
 def check_runs(grid: Grid, path: str | Path) -> None:
     """Build every run's configuration before any trains: a typo in a variant used by the grid's last run is an
     error now, naming the run, not after hours of training."""
-    from .cli import resolve_config
     from .config import load_config
 
     for run in grid_runs(grid):
@@ -245,7 +263,7 @@ def run_one(grid: Grid, method: str, labeled: float, seed: int, variant: str = "
     best = run_dir / "checkpoints" / "best.ckpt"
     stale = official.is_file() and best.is_file() and official.stat().st_mtime < best.stat().st_mtime
     if grid.official_labels and (not official.is_file() or stale):  # stale: of a checkpoint since replaced
-        from .runner import evaluate_csv
+        from .inference import evaluate_csv
 
         res = evaluate_csv(best, grid.official_labels, grid.official_images, verbose=False)
         official.write_text(json.dumps(res["external/teacher"], indent=2))
@@ -327,25 +345,9 @@ def markdown(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> str:
     for (method, labeled), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         cells = []
         for key, _ in columns:
-            vals = np.array([r.get(key, np.nan) for r in rs], dtype=float)
-            vals = vals[~np.isnan(vals)]
-            if not len(vals):
-                cells.append("-")
-            else:
-                cells.append(f"{vals.mean():.2f} ± {vals.std(ddof=1):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}")
+            cells.append(mean_std([float(r.get(key, np.nan)) for r in rs]))
         lines.append(f"| {method} | {labeled:g} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
-    """Seed-paired a − b ({seed: value} each, the same labeled draw per seed): the mean of the per-seed differences
-    over the seeds both have, its standard error (sample std of the differences / sqrt(n); nan below two seeds) and
-    n. The one definition behind compare.py, paired.py and the report's comparison."""
-    diff = [a[s] - b[s] for s in sorted(a.keys() & b.keys())]
-    if not diff:
-        return float("nan"), float("nan"), 0
-    se = float(np.std(diff, ddof=1)) / len(diff) ** 0.5 if len(diff) > 1 else float("nan")
-    return float(np.mean(diff)), se, len(diff)
 
 
 def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Path:

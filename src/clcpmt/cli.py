@@ -11,29 +11,22 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from . import __version__
-from .config import CheckpointError, Config, ConfigError, TrainingError, load_config, to_dict
+from .config import (
+    PACKAGED_CONFIGS,
+    CheckpointError,
+    Config,
+    ConfigError,
+    TrainingError,
+    load_config,
+    resolve_config,
+    to_dict,
+)
 from .data.readers import DataError
-
-PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+from .version import __version__
 
 EPILOG = """config overrides: any --section.key=value (or --section.key value) after the options, e.g.
   clcpmt train --config isic2018_cpu --method.name mean_teacher --data.labeled 0.1 --train.seed 1
 the command line wins over the file; unknown keys are errors. Sections: data, model, method, train; run_dir."""
-
-
-def resolve_config(name: str | None) -> Path | None:
-    """A config path, or the name of a packaged config (configs/: demo, isic2018_cpu, isic2018_cpu64, ...)."""
-    if not name:
-        return None
-    path = Path(name)
-    if path.is_file():
-        return path
-    packaged = PACKAGED_CONFIGS / f"{name.removesuffix('.yaml')}.yaml"
-    if packaged.is_file():
-        return packaged
-    known = ", ".join(p.stem for p in sorted(PACKAGED_CONFIGS.glob("*.yaml")))
-    raise ConfigError(f"config file {name} does not exist (packaged configs: {known})")
 
 
 def quiet(cfg: Config) -> Config:
@@ -70,7 +63,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
     from .data.sources import prepare_data
-    from .runner import evaluate_csv, evaluate_parts, load_system, run_checkpoint
+    from .inference import evaluate_csv, evaluate_parts
+    from .system import load_system, run_checkpoint
 
     if overrides:
         raise ConfigError(f"evaluate takes no config overrides; got {' '.join(overrides)}")
@@ -91,7 +85,8 @@ def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def cmd_predict(args: argparse.Namespace, overrides: list[str]) -> None:
-    from .runner import predict, run_checkpoint
+    from .inference import predict
+    from .system import run_checkpoint
 
     if overrides:
         raise ConfigError(f"predict takes no config overrides; got {' '.join(overrides)}")
@@ -104,7 +99,8 @@ DEMO_MARK = ".clcpmt-demo"
 
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> None:
     from .export import export_onnx, model_card
-    from .runner import check_out, load_system, run_checkpoint
+    from .inference import check_out
+    from .system import load_system, run_checkpoint
 
     if overrides:
         raise ConfigError(f"export takes no config overrides; got {' '.join(overrides)}")
@@ -123,7 +119,8 @@ def cmd_report(args: argparse.Namespace, overrides: list[str]) -> None:
 
     if overrides:
         raise ConfigError(f"report takes no config overrides; got {' '.join(overrides)}")
-    from .runner import check_out, run_in_use
+    from .inference import check_out
+    from .runner import run_in_use
 
     check_out(Path(args.out), overwrite=True)  # a report replaces the previous one by design
     out = write_report(args.runs, args.out, args.baseline)

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .recipes import METHODS
+
 ISIC_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 
 
@@ -98,6 +100,7 @@ SEED = {"ge": 0, "le": 2**32 - 1}  # numpy's seed range
 
 @dataclass(frozen=True)
 class DataConfig:
+    # the data: generated (synthetic, synthetic_multilabel), an image folder + label CSV, ChestX-ray14, MedMNIST
     dataset: str = key("synthetic", choices=("synthetic", "synthetic_multilabel", "folder", "chestxray14", "medmnist"))
     images: str = ""  # image folder (folder, chestxray14: the NIH root with images/ or images_*/images/)
     labels: str = ""  # folder: ISIC one-hot CSV, HAM10000_metadata.csv or image,label; chestxray14: Data_Entry CSV;
@@ -106,18 +109,18 @@ class DataConfig:
     train_list: str = ""  # chestxray14: train_val_list.txt (or a CheXNet / PEFAT list or CSV)
     val_list: str = ""  # chestxray14: validation list; "" = hold out val_fraction of train_list's patients
     test_list: str = ""  # chestxray14: test_list.txt
-    val_fraction: float = key(0.1, gt=0, lt=1)
+    val_fraction: float = key(0.1, gt=0, lt=1)  # chestxray14: share of train_list's patients held out for validation
     classes: tuple[str, ...] = key((), distinct=True)  # () = the dataset's own (ISIC's 7, ChestX-ray14's 14
     # findings, MedMNIST's ids)
     labeled: float = 0.2  # fraction of the training split (<= 1; 1.0 = all labels) or a count (> 1)
-    image_size: int = key(64, ge=8, le=2048)
+    image_size: int = key(64, ge=8, le=2048)  # side of the square input in pixels
     center_crop: bool = True  # square centre crop of the short side before resizing (as the ISIC test images)
     cache_dir: str = ""  # pre-resized image cache; "" = ~/.cache/clcpmt
-    batch_labeled: int = key(12, ge=1, le=8192)
-    batch_unlabeled: int = key(36, ge=1, le=8192)
+    batch_labeled: int = key(12, ge=1, le=8192)  # B_L, labeled images per step (per process)
+    batch_unlabeled: int = key(36, ge=1, le=8192)  # B_U, unlabeled images per step (per process)
     labeled_balance: float = key(0.0, ge=0, le=1, hint="0 uniform, 1 balanced")  # labeled sampler: 0 uniform,
-    # 1 class-balanced, 0.5 square-root (rare classes drawn more often so SDE's batch has their positives; SPEC §3)
-    num_workers: int = key(2, ge=0, le=256)
+    # 1 class-balanced, 0.5 square-root (rare classes drawn more often so SDE's batch has their positives; method.md §3)
+    num_workers: int = key(2, ge=0, le=256)  # DataLoader worker processes
     synthetic_size: int = key(2000, ge=100, le=200_000)  # images of the synthetic dataset
     synthetic_contrast: float = key(1.0, gt=0)  # synthetic_multilabel: strength of every finding (< 1: subtler)
     seed: int = key(0, **SEED)  # seed of the split and of the labeled draw
@@ -129,32 +132,32 @@ class ModelConfig:
     pretrained: str = key("none", nonempty=True)  # none | imagenet | path to a weights file
     mean: tuple[float, ...] = ()  # input normalisation per channel (R, G, B); () = the weights' own (timm's
     std: tuple[float, ...] = ()  # pretrained config: 0.5 for EfficientNet-Lite) or ImageNet's for random init
-    proj_dim: int = key(128, ge=1, le=65536)
-    drop_rate: float = key(0.0, ge=0, lt=1)
+    proj_dim: int = key(128, ge=1, le=65536)  # output size of SDE's projection head
+    drop_rate: float = key(0.0, ge=0, lt=1)  # dropout before the classifier
 
 
 @dataclass(frozen=True)
 class MethodConfig:
-    name: str = "clcp_mt"  # one of methods.METHODS (checked in validate: config imports no torch)
-    ema_decay: float = key(0.99, ge=0, lt=1)
-    lambda_mt: float = key(1.0, ge=0)
-    lambda_sde: float = key(0.1, ge=0)
-    lambda_pl: float = key(1.0, ge=0)
+    name: str = "clcp_mt"  # one of recipes.METHODS (checked in validate)
+    ema_decay: float = key(0.99, ge=0, lt=1)  # alpha of the EMA teacher (warm start: min(alpha, 1 - 1/(t+1)))
+    lambda_mt: float = key(1.0, ge=0)  # weight of L_mt, ramped by w(t)
+    lambda_sde: float = key(0.1, ge=0)  # weight of L_sde (SupCon on the labeled views)
+    lambda_pl: float = key(1.0, ge=0)  # weight of the pseudo-label loss (ramped for teacher pseudo-labels)
     lambda_fair: float = key(0.01, ge=0)  # freematch: weight of its self-adaptive fairness term (USB's default)
-    rampup_epochs: float = -1.0  # length T_r of the ramp-up w(t); -1: 30 % of train.epochs (SPEC: 30 of 100); 0: none
-    sde_temperature: float = key(0.1, gt=0)
+    rampup_epochs: float = -1.0  # T_r of the ramp-up w(t); -1: 30 % of train.epochs (method.md §3.5); 0: none
+    sde_temperature: float = key(0.1, gt=0)  # SupCon temperature
     sde_bank: int = key(0, ge=0, le=1_000_000, hint="0: no memory bank")  # SDE's memory bank (mt_sde, clcp_mt):
     # the last N labeled views' projections as extra SupCon keys, so rare classes meet positives outside their batch
-    tau: float = key(0.95, ge=0, le=1)
+    tau: float = key(0.95, ge=0, le=1)  # upper (and FixMatch's fixed) confidence threshold
     tau_min: float = 0.5  # in [0, tau] (validate)
     tau_negative: float = key(0.95, ge=0.5, le=1, hint="negative when p <= 1 - it")  # multi-label FixMatch /
     # CAPR: negative pseudo-label when p <= 1 - it (1: none); FlexMatch and FreeMatch set their own per finding
-    status: str = key("confidence", choices=("confidence", "count"))
-    momentum: float = key(0.999, ge=0, lt=1)
-    warmup_epochs: float = key(5.0, ge=0)
-    mt_on_labeled: bool = True
+    status: str = key("confidence", choices=("confidence", "count"))  # CAPR's learning status: mean confidence or count
+    momentum: float = key(0.999, ge=0, lt=1)  # EMA momentum of the learning status
+    warmup_epochs: float = key(5.0, ge=0)  # E_w: CAPR uses tau until then
+    mt_on_labeled: bool = True  # L_mt also on the labeled images
     class_balance: str = key("none", choices=("none", "weights", "logit_adjust"))  # L_sup only, from the labeled
-    # prior (SPEC §3.1)
+    # prior (method.md §3.1)
     balance_strength: float = key(1.0, ge=0)  # exponent of the weights / multiplier of the log-prior (0.5: sqrt)
     teacher_bn: str = key("ema", choices=("ema", "batch"))  # teacher's BatchNorm in training steps: ema (running
     # statistics = EMA of the student's) | batch (the batch's own, not tracked); evaluation always uses the EMA ones
@@ -169,26 +172,26 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = key(30, ge=1)
+    epochs: int = key(30, ge=1)  # epochs of steps_per_epoch steps
     steps_per_epoch: int = key(0, ge=0)  # 0 = one pass over the unlabeled images per epoch
-    lr: float = key(1e-4, gt=0)
-    weight_decay: float = key(5e-4, ge=0)
+    lr: float = key(1e-4, gt=0)  # learning rate
+    weight_decay: float = key(5e-4, ge=0)  # L2 penalty (adam) or decoupled decay (adamw)
     optimizer: str = key("adam", choices=("adam", "adamw"))  # adam (L2 penalty, the paper lineage) | adamw
     schedule: str = key("exponential", choices=("exponential", "cosine"))  # exponential: lr x lr_decay each epoch
-    lr_decay: float = key(0.9, gt=0, le=1)
-    precision: str = key("32-true", choices=("32-true", "bf16-mixed", "16-mixed"))
-    channels_last: bool = False
-    seed: int = key(0, **SEED)
+    lr_decay: float = key(0.9, gt=0, le=1)  # exponential schedule's factor per epoch
+    precision: str = key("32-true", choices=("32-true", "bf16-mixed", "16-mixed"))  # Lightning precision
+    channels_last: bool = False  # NHWC memory format (faster for CNNs on CPU)
+    seed: int = key(0, **SEED)  # seed of the initialisation, batches and augmentations
     monitor: str = key("val/auc", choices=("val/auc", "val/bacc", "val/f1"))  # picks the best checkpoint (never a
     # test metric)
-    accelerator: str = key("auto", choices=("auto", "cpu", "gpu", "cuda", "mps"))
+    accelerator: str = key("auto", choices=("auto", "cpu", "gpu", "cuda", "mps"))  # Lightning accelerator
     devices: str = "auto"  # auto | a count >= 1 | device indices "0,1" (validate)
-    progress_bar: bool = True
+    progress_bar: bool = True  # one bar for the whole run
 
 
 @dataclass(frozen=True)
 class Config:
-    run_dir: str = key("runs/default", nonempty=True)
+    run_dir: str = key("runs/default", nonempty=True)  # the run folder
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -300,6 +303,23 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return out
 
 
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def resolve_config(name: str | None) -> Path | None:
+    """A config path, or the name of a packaged config (configs/: demo, isic2018_cpu, isic2018_cpu64, ...)."""
+    if not name:
+        return None
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = PACKAGED_CONFIGS / f"{name.removesuffix('.yaml')}.yaml"
+    if packaged.is_file():
+        return packaged
+    known = ", ".join(p.stem for p in sorted(PACKAGED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"config file {name} does not exist (packaged configs: {known})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file <- command-line overrides (the command line wins); then validate."""
     data: dict[str, Any] = {}
@@ -319,7 +339,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def validate(cfg: Config) -> None:
     """Check values that types alone cannot: each key's declaration, then what involves several keys."""
-    from .methods import METHODS  # imported here: config must stay importable without torch for `--help`
 
     check_keys(cfg)
     name = cfg.method.name
@@ -361,7 +380,7 @@ def _validate_normalization(m: ModelConfig) -> None:
 
 
 def rampup_epochs(cfg: Config) -> float:
-    """method.rampup_epochs, with its default -1 resolved to 30 % of the schedule (SPEC §3.5: 30 of 100 epochs)."""
+    """method.rampup_epochs, with its default -1 resolved to 30 % of the schedule (method.md §3.5: 30 of 100 epochs)."""
     return cfg.method.rampup_epochs if cfg.method.rampup_epochs >= 0 else 0.3 * cfg.train.epochs
 
 
@@ -407,3 +426,55 @@ def with_defaults(data: dict[str, Any]) -> dict[str, Any]:
         return to_dict(config_from_dict(data))
     except ConfigError:
         return data
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """The comment beside each field of a config dataclass (and comment lines right below it), from its source."""
+    import inspect
+
+    out: dict[str, str] = {}
+    name, before = "", ""
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        code, _, comment = line.strip().partition("# ")
+        if code and ":" in code and not code.startswith(("@", '"', "class ")):
+            name = code.split(":")[0].strip()
+            out[name], before = f"{before} {comment.strip()}".strip(), ""
+        elif not code and comment and name:  # a comment line continuing the field above
+            out[name] = f"{out[name]} {comment.strip()}".strip()
+        elif not code and comment:  # above the first field: it belongs to that field
+            before = f"{before} {comment.strip()}".strip()
+    return out
+
+
+def reference_table(cls: type, prefix: str = "", only: tuple[str, ...] = ()) -> list[str]:
+    """Markdown rows of a dataclass's keys: key, type, default, allowed values (its `Check`), the comment beside it."""
+    comments = _field_comments(cls)
+    lines = ["key | type | default | allowed | meaning", "---|---|---|---|---"]
+    for f in dataclasses.fields(cls):
+        if only and f.name not in only:
+            continue
+        check = f.metadata.get("check", Check())
+        allowed = " \\| ".join(check.choices) if check.choices else check.bounds()
+        allowed += (", distinct names" if check.distinct else "") + (", not empty" if check.nonempty else "")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = "" if default == "" else (str(list(default)) if isinstance(default, tuple) else str(default))
+        kind = str(f.type).replace("|", "\\|")
+        meaning = " ".join(x for x in (comments.get(f.name, ""), check.hint) if x).replace("|", "\\|")
+        lines.append(f"`{prefix}{f.name}` | {kind} | `{shown}` | {allowed.strip(', ')} | {meaning}")
+    return lines
+
+
+def config_reference() -> str:
+    """The training config's part of docs/configuration.md: every key of every section, its type, default, allowed
+    values and meaning, from the dataclasses above (so the reference cannot drift from the code)."""
+    lines = ["# Configuration reference", "",
+             "Generated from the code by "
+             "`python -c \"from clcpmt.bench import reference; print(reference(), end='')\" > docs/configuration.md`; "
+             "a test fails when it is out of date.", "",
+             "Order: defaults, then the YAML file (`--config`), then the command line (`--section.key=value`), which "
+             "wins. Unknown keys and bad values stop with one error naming the key."]  # fmt: skip
+    lines += ["", "## (top)", "", *reference_table(Config, only=("run_dir",))]
+    for f in dataclasses.fields(Config):
+        if f.name != "run_dir":
+            lines += ["", f"## {f.name}", "", *reference_table(type(getattr(Config(), f.name)), f"{f.name}.")]
+    return "\n".join(lines) + "\n"

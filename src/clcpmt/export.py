@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
 from .config import CheckpointError, Config
 from .losses import probabilities
 from .module import SSLModule
+from .version import __version__
 
 
 class Probabilities(torch.nn.Module):

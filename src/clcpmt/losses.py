@@ -1,4 +1,4 @@
-"""Every loss of SPEC §3 as a pure function (tensors in, tensor out), plus the ramp-up and the EMA teacher update.
+"""Every loss of method.md §3 as a pure function (tensors in, tensor out), plus the ramp-up and the EMA teacher update.
 
 `task` is "single" (softmax, class indices) or "multi" (sigmoid, 0/1 matrices): a property of the data, not a fork.
 """
@@ -39,9 +39,9 @@ def supervised_loss(
     balance: str = "none",
     strength: float = 1.0,
 ) -> torch.Tensor:
-    """L_sup (SPEC §3.1): CE on class indices (B,) or BCE on 0/1 targets (B, C); logits: (B, C).
+    """L_sup (method.md §3.1): CE on class indices (B,) or BCE on 0/1 targets (B, C); logits: (B, C).
 
-    SPEC's optional class balancing, from the labeled prior pi (C,) (`class_prior`), with strength s:
+    the method's optional class balancing, from the labeled prior pi (C,) (`class_prior`), with strength s:
     - "weights": class c weighted by pi_c^-s (single; a weighted mean) or each finding's positives by
       ((1 - pi_c) / pi_c)^s (multi: BCE's pos_weight; s = 1 weighs a finding's positives as much as its negatives);
     - "logit_adjust" (Menon et al. 2021): the loss sees logits + s·log pi (single) or + s·log(pi / (1 - pi)) (multi,
@@ -62,7 +62,7 @@ def supervised_loss(
 
 
 def consistency_loss(p_student: torch.Tensor, p_teacher: torch.Tensor) -> torch.Tensor:
-    """L_mt (SPEC §3.2): mean over the batch of ||p_S - p_T||^2. p_*: (B, C); the teacher side is detached."""
+    """L_mt (method.md §3.2): mean over the batch of ||p_S - p_T||^2. p_*: (B, C); the teacher side is detached."""
     return ((p_student - p_teacher.detach()) ** 2).sum(dim=1).mean()
 
 
@@ -85,12 +85,12 @@ def supcon_loss(
     bank_z: torch.Tensor | None = None,
     bank_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L_sde (SPEC §3.3): supervised contrastive loss over the labeled views.
+    """L_sde (method.md §3.3): supervised contrastive loss over the labeled views.
 
     Args:
         z: (N, D) L2-normalised projections of the 2·B_L labeled views (the anchors).
         labels: (N,) class indices, or (N, C) 0/1 finding matrix for multi-label (Jaccard-weighted positives).
-        bank_z, bank_labels: optional (K, D) / (K,) or (K, C) memory bank of earlier labeled views (SPEC §3.3's
+        bank_z, bank_labels: optional (K, D) / (K,) or (K, C) memory bank of earlier labeled views (method.md §3.3's
             option, `SDEBank`): extra keys, positives and negatives alike, without gradient; anchors stay the batch.
 
     Anchors without any positive are left out of the mean; no anchor has one -> 0 (still in the graph).
@@ -114,7 +114,7 @@ def supcon_loss(
 
 
 class SDEBank(nn.Module):
-    """SPEC §3.3's optional memory bank: the last `size` labeled views' projections and labels, so that an anchor
+    """method.md §3.3's optional memory bank: the last `size` labeled views' projections and labels, so that an anchor
     of a rare class (a finding in 1 of 100 labeled images) meets positives that are not in its own batch.
 
     Hand-written (pytorch-metric-learning's CrossBatchMemory, the same cross-batch memory of Wang et al. 2020, is
@@ -153,7 +153,7 @@ class SDEBank(nn.Module):
 def pseudo_label_loss(
     logits: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor, task: str = "single"
 ) -> torch.Tensor:
-    """L_capr (SPEC §3.4): masked CE/BCE of the student's view to pseudo-labels, averaged over all B_U samples.
+    """L_capr (method.md §3.4): masked CE/BCE of the student's view to pseudo-labels, averaged over all B_U samples.
 
     Args:
         logits: (B_U, C) student logits on u^s.
@@ -193,7 +193,7 @@ def fairness_loss(logits_kept: torch.Tensor, class_probs: torch.Tensor, class_hi
 
 
 def ramp_up(epoch: float, length: float) -> float:
-    """w(t) = exp(-5 (1 - t/T_r)^2) for t < T_r, then 1 (SPEC §3.5); length <= 0 means no ramp."""
+    """w(t) = exp(-5 (1 - t/T_r)^2) for t < T_r, then 1 (method.md §3.5); length <= 0 means no ramp."""
     if length <= 0 or epoch >= length:
         return 1.0
     return math.exp(-5.0 * (1.0 - max(epoch, 0.0) / length) ** 2)
@@ -201,7 +201,7 @@ def ramp_up(epoch: float, length: float) -> float:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float, step: int) -> float:
-    """Teacher <- a·teacher + (1 - a)·student with the warm start a = min(1 - 1/(step + 1), decay) (SPEC §2).
+    """Teacher <- a·teacher + (1 - a)·student with the warm start a = min(1 - 1/(step + 1), decay) (method.md §2).
 
     Floating buffers (BatchNorm statistics) are averaged the same way, integer buffers copied. Hand-written because
     timm's ModelEma uses another warm-up formula. Returns the a used.

@@ -1,4 +1,4 @@
-"""Methods (SPEC §3-§4): each is a loss of a batch. One step function holds the whole equation
+"""Methods (method.md §3-§4): each is a loss of a batch. One step function holds the whole equation
 
     L = L_sup + w(t)·λ_mt·L_mt + λ_sde·L_sde + w(t)·λ_pl·L_pl
 
@@ -23,6 +23,7 @@ from .losses import (
     supcon_loss,
     supervised_loss,
 )
+from .recipes import METHODS, Recipe
 from .thresholds import (
     CAPRThreshold,
     Debias,
@@ -63,43 +64,6 @@ class StepOutput:
     pseudo: torch.Tensor | None = None  # (B_U,) pseudo-labels, for per-class logging
     mask: torch.Tensor | None = None  # (B_U,) kept
     thresholds: torch.Tensor | None = None  # (C,); multi-label (2, C): negative, positive
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Which terms of the total loss a method uses."""
-
-    consistency: bool = False  # L_mt, Mean Teacher
-    contrastive: bool = False  # L_sde, SupCon on the labeled views
-    threshold: str | None = None  # pseudo-label rule: fixed | flexmatch | freematch | capr
-    pl_source: str = "teacher"  # teacher: EMA teacher on u^w, ramped; student: own weak view, constant weight
-    strong: bool = True  # student sees a strong view of the unlabeled images
-    fairness: bool = False  # FreeMatch's self-adaptive fairness term (single-label)
-
-    @property
-    def unlabeled(self) -> bool:
-        return self.consistency or self.threshold is not None
-
-    @property
-    def labeled_views(self) -> int:
-        """Weak views of each labeled image the method trains on: 1 for the FixMatch family (as published); 2 when
-        SDE needs a pair or Mean Teacher's labeled consistency the teacher's second view (and for supervised-only,
-        whose L_sup is SPEC's, on both views)."""
-        return 1 if self.threshold is not None and self.pl_source == "student" else 2
-
-
-# FixMatch / FlexMatch / FreeMatch pseudo-label from the student's own weak view with a constant weight, as
-# published; the EMA teacher is still kept for evaluation (as USB does).
-METHODS: dict[str, Recipe] = {
-    "supervised": Recipe(),
-    "mean_teacher": Recipe(consistency=True, strong=False),
-    "mt_sde": Recipe(consistency=True, contrastive=True, strong=False),
-    "mt_capr": Recipe(consistency=True, threshold="capr"),
-    "fixmatch": Recipe(threshold="fixed", pl_source="student"),
-    "flexmatch": Recipe(threshold="flexmatch", pl_source="student"),
-    "freematch": Recipe(threshold="freematch", pl_source="student", fairness=True),
-    "clcp_mt": Recipe(consistency=True, contrastive=True, threshold="capr"),
-}
 
 
 def build_rule(

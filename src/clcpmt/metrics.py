@@ -1,4 +1,4 @@
-"""Metrics of SPEC §6 as pure functions of (probabilities, targets), for both protocols.
+"""Metrics of method.md §6 as pure functions of (probabilities, targets), for both protocols.
 
 The AUCs and the srcmt stat scores come from torchmetrics' functional API; the argmax confusion matrix is built
 here because the ISIC2018 score counts ties in the argmax as wrong ("undecided"), which no library does.

@@ -1,4 +1,5 @@
-"""The student (SPEC §2): a timm backbone -> pooled feature h -> classifier logits and an L2-normalised projection z."""
+"""The student (method.md §2): a timm backbone -> pooled feature h -> classifier logits and an L2-normalised
+projection z."""
 
 from __future__ import annotations
 

@@ -14,16 +14,16 @@ import html
 import io
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from .bench import paired_difference
 from .config import with_defaults
+from .inference import testing_outputs
 from .plots import class_panels, epoch_log
+from .stats import diff_cell, paired_difference
 
 HEADLINE = (("standard/auc", "macro AUC"), ("standard/bacc", "balanced acc"), ("standard/f1", "macro F1"))
 STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}
@@ -81,42 +81,6 @@ def _class_panels(df: pd.DataFrame) -> str:
     if fig is None:
         return "<p class=note>No pseudo-label rule in this method.</p>"
     return _png(fig, "per-class thresholds, acceptance and pseudo-label precision over training")
-
-
-def testing_outputs(run_dir: Path) -> dict[str, np.ndarray]:
-    """Teacher probabilities (N, C), pooled features (N, D) and targets on the run's testing split.
-
-    Kept in run_dir/test_outputs.npz (computed from best.ckpt and the run's own split files the first time).
-    """
-    cached = run_dir / "test_outputs.npz"
-    if cached.is_file():
-        return dict(np.load(cached))
-    import torch
-    from torch.utils.data import DataLoader
-
-    from .data.datamodule import EvalImages
-    from .data.sources import prepare_data
-    from .runner import load_system, run_checkpoint
-
-    module, cfg = load_system(run_checkpoint(str(run_dir), "best"), announce=False)
-    data_cfg = cfg.data
-    if cfg.data.dataset in ("folder", "chestxray14") and (run_dir / "splits").is_dir():
-        data_cfg = replace(cfg.data, splits=str(run_dir / "splits"))  # exactly the run's own testing images
-    data = prepare_data(data_cfg)
-    index = data.parts["testing"]
-    probs, feats = [], []
-    with torch.no_grad():
-        mean, std = module.normalization
-        for x, _ in DataLoader(EvalImages(data.images, data.targets, index, mean=mean, std=std), batch_size=128):
-            h = module.teacher.backbone(x.to(memory_format=module.memory_format))
-            probs.append(module(x))
-            feats.append(h.float())
-    out = {"probs": torch.cat(probs).numpy(), "features": torch.cat(feats).numpy(), "targets": data.targets[index]}
-    try:
-        np.savez_compressed(cached, **out)
-    except OSError:  # a read-only run folder: the report still works, it just recomputes next time
-        pass
-    return out
 
 
 def _roc(probs: np.ndarray, onehot: np.ndarray, classes: list[str]) -> str:
@@ -237,7 +201,7 @@ def run_section(run_dir: Path) -> str:
         parts.append(_curves(df, ("train/loss/",), "loss terms per epoch"))
         parts.append(_class_panels(df))
     if metrics and classes:
-        out = testing_outputs(run_dir)
+        out = testing_outputs(run_dir)  # written by training; computed here only for runs of older releases
         multi = out["targets"].ndim == 2
         onehot = out["targets"] if multi else np.eye(len(classes))[out["targets"]]
         parts += ["<h3>Testing split (teacher)</h3>", _roc(out["probs"], onehot, classes),
@@ -282,7 +246,7 @@ def comparison(run_dirs: list[Path], baseline: str = "") -> str:
             cells, n = [], 0
             for k, _ in HEADLINE:
                 d, se, n = paired_difference(sub.set_index("seed")[k].to_dict(), base.set_index("seed")[k].to_dict())
-                cells.append(f"{d:+.2f}" + (f" ± {se:.2f}" if n > 1 else "") if n else "-")
+                cells.append(diff_cell(d, se, n))
             paired.append([names[g], n, *cells])
         out.append(_table(["runs", "n", *(n for _, n in HEADLINE)], paired))
     fig, axes = _figure(3, 4.5)

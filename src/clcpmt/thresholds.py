@@ -1,4 +1,4 @@
-"""Pseudo-label threshold rules (SPEC §3.4, §4): pure functions, and one small stateful module per rule.
+"""Pseudo-label threshold rules (method.md §3.4, §4): pure functions, and one small stateful module per rule.
 
 A rule's state lives in `register_buffer`s (so checkpoints and `.to()` carry it). The method calls, in this order:
 `rule.update(probs, index)` with the batch's pseudo-labelling probabilities, then `rule.thresholds(epoch)`, then
@@ -129,7 +129,7 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
 
 def with_negative(positive: torch.Tensor, task: str, tau_negative: float) -> torch.Tensor:
     """Single-label: positive (C,) as is. Multi-label: (2, C) with the fixed negative threshold 1 - tau_negative
-    (SPEC §3.4's T-; tau_negative = 1: no negatives)."""
+    (method.md §3.4's T-; tau_negative = 1: no negatives)."""
     if task == "single":
         return positive
     # never above the positive threshold: a pair is never both (positive wins ties in select_pseudo_labels)
@@ -242,7 +242,7 @@ class CountStatus(nn.Module):
 
 
 class CAPRThreshold(nn.Module):
-    """CAPR (SPEC §3.4): thresholds held at tau for `warmup_epochs`, then clip(tau·M(beta), tau_min, tau).
+    """CAPR (method.md §3.4): thresholds held at tau for `warmup_epochs`, then clip(tau·M(beta), tau_min, tau).
 
     Multi-label: these are the positive thresholds; the negative one is fixed at 1 - tau_negative.
     """

@@ -1,4 +1,4 @@
-"""ChestX-ray14 (NIH) and MedMNIST readers, patient-level validation split, per-finding labeled draw (SPEC §5)."""
+"""ChestX-ray14 (NIH) and MedMNIST readers, patient-level validation split, per-finding labeled draw (method.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The SSL batches of SPEC §3: labeled views, unlabeled weak/student views, evaluation images."""
+"""The SSL batches of method.md §3: labeled views, unlabeled weak/student views, evaluation images."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class UnlabeledImages(Dataset):
 
 
 class SSLViews:
-    """Turns a training batch of uint8 images into the views of SPEC §3, on the batch's device.
+    """Turns a training batch of uint8 images into the views of method.md §3, on the batch's device.
 
     labeled (images, y, seeds) -> (x1[, x2], y): `labeled_views` weak views; unlabeled (images, hidden, index, seeds)
     -> (u^w, u^s, hidden, index) with u^s strong or weak. Each image has its own random parameters, drawn from a
@@ -95,7 +95,7 @@ class EvalImages(Dataset):
 def balance_weights(targets: np.ndarray, power: float) -> np.ndarray:
     """Sampling weights that give rare classes more draws: w_i = max over i's classes c of n_c^(-power), summing to 1.
 
-    SPEC §3's optional class-balanced labeled sampler, so tail classes have positives in SDE's batch. power 0 is
+    method.md §3's optional class-balanced labeled sampler, so tail classes have positives in SDE's batch. power 0 is
     uniform, 1 class-balanced (each single-label class drawn equally often), 0.5 the square-root compromise.
     Multi-label: an image counts in each of its findings and the rarest one decides; "No Finding" (all-zero) images
     form their own group.

@@ -149,6 +149,11 @@ def load_image(path: str | Path, size: int, center_crop: bool) -> np.ndarray:
                         "or check where it came from") from None  # fmt: skip
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {e}; is the file complete and an image?") from None
+    return crop_and_resize(img, size, center_crop)
+
+
+def crop_and_resize(img: Image.Image, size: int, center_crop: bool) -> np.ndarray:
+    """An RGB PIL image as (size, size, 3) uint8: square centre crop of the short side first if asked, bilinear."""
     if center_crop:
         w, h = img.size
         s = min(w, h)

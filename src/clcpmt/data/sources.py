@@ -1,4 +1,5 @@
-"""From a DataConfig to a PreparedData: read (or generate) each dataset kind, split it, cache its images (SPEC §5)."""
+"""From a DataConfig to a PreparedData: read (or generate) each kind of dataset, split it, cache its images
+(method.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Splits (SPEC §5): 7:1:2 train/val/test and a labeled subset, stratified by class with a seed; SRC-MT CSV files."""
+"""Splits (method.md §5): 7:1:2 train/val/test and a labeled subset, stratified by class with a seed; SRC-MT CSVs."""
 
 from __future__ import annotations
 

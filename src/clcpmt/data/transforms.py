@@ -1,4 +1,4 @@
-"""Weak and strong views (SPEC §3) of a whole batch at once, each image with its own random parameters.
+"""Weak and strong views (method.md §3) of a whole batch at once, each image with its own random parameters.
 
 torchvision.transforms.v2 draws one set of random parameters per call, so a batch sent through one call would share
 them, and one call per image costs about 1 ms a weak view and 3 ms a strong one at 64 px (per-call overhead): on a
