@@ -8,7 +8,6 @@ from clcpmt.losses import (
     SDEBank,
     class_prior,
     consistency_loss,
-    ema_update,
     fairness_loss,
     probabilities,
     pseudo_label_loss,
@@ -16,6 +15,7 @@ from clcpmt.losses import (
     supcon_loss,
     supervised_loss,
 )
+from clcpmt.model import ema_update
 
 
 def test_supervised_loss_hand_value():

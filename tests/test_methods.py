@@ -264,3 +264,20 @@ def test_debias_lets_an_under_predicted_class_pass_a_threshold_its_raw_probabili
         build_method("fixmatch", C, num_unlabeled=10, debias=1.0)
     with pytest.raises(ValueError, match="method.debias needs single-label data"):
         build_method("clcp_mt", C, num_unlabeled=10, task="multi", debias=1.0)
+
+
+def test_method_from_config_passes_every_key_under_its_own_name():
+    import dataclasses
+
+    from clcpmt.config import MethodConfig
+    from clcpmt.methods import NOT_LOSS_KEYS, method_from_config
+
+    cfg = dataclasses.replace(MethodConfig(), lambda_mt=2.0, lambda_sde=0.3, lambda_pl=0.7, sde_temperature=0.2,
+                              tau=0.9,
+                  tau_min=0.4, warmup_epochs=2.0, mt_on_labeled=False, class_balance="weights")  # fmt: skip
+    method = method_from_config(cfg, C, 10, "single", rampup_epochs=3.0, prior=torch.full((C,), 1 / C), proj_dim=4)
+    assert (method.lambda_mt, method.lambda_sde, method.lambda_pl) == (2.0, 0.3, 0.7)
+    assert method.sde_temperature == 0.2 and method.mt_on_labeled is False and method.rampup_epochs == 3.0
+    assert method.class_balance == "weights" and method.prior is not None
+    assert method.rule.tau == 0.9 and method.rule.tau_min == 0.4 and method.rule.warmup_epochs == 2.0
+    assert set(NOT_LOSS_KEYS) < {f.name for f in dataclasses.fields(MethodConfig)}

@@ -5,7 +5,7 @@ import torch
 
 from clcpmt import system
 from clcpmt.config import load_config
-from clcpmt.losses import ema_update
+from clcpmt.model import ema_update
 from clcpmt.module import SSLModule, set_teacher_mode
 from clcpmt.runner import train
 from test_train import tiny
@@ -82,7 +82,7 @@ def test_batch_mode_normalises_with_the_batch_and_ema_mode_with_the_running_stat
 
 
 def test_ema_update_is_what_the_probe_expects():
-    """The probe's hand EMA matches losses.ema_update (so the fit test checks the real rule)."""
+    """The probe's hand EMA matches model.ema_update (so the fit test checks the real rule)."""
     a, b = torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
     b.running_mean.fill_(1.0)
     ema_update(a, b, 0.99, 3)  # alpha = min(1 - 1/4, 0.99) = 0.75

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import CheckpointError, Config
+from .config import ISIC_CLASSES, CheckpointError, Config
 from .losses import probabilities
 from .module import SSLModule
 from .version import __version__
@@ -136,8 +136,13 @@ def model_card(run_dir: Path, cfg: Config, export: Path | None = None) -> str:
         "## Intended use and limitations",
         "- Research on semi-supervised learning with few labels and imbalanced classes. **Not for diagnosis** and not "
         "validated on any clinical population.",
-        "- Trained on one data source at a small resolution; expect lower accuracy on other devices, sites or "
-        "populations (the ISIC2018 official test set is one such shift).",
+        f"- Trained on one data source at {cfg.data.image_size} px; expect lower accuracy on other devices, sites or "
+        "populations"
+        + (
+            " (the ISIC2018 official test set is one such shift)."
+            if cfg.data.dataset == "folder" and set(cfg.data.classes or ISIC_CLASSES) == set(ISIC_CLASSES)
+            else "."
+        ),
     ]
     if weak:
         lines.append("- Lowest testing recall (tail classes): " + ", ".join(f"{n} {v:.1f} %" for v, n in weak) + ".")

@@ -1,4 +1,4 @@
-"""Every loss of method.md §3 as a pure function (tensors in, tensor out), plus the ramp-up and the EMA teacher update.
+"""Every loss of method.md §3 as a pure function (tensors in, tensor out), plus the ramp-up w(t).
 
 `task` is "single" (softmax, class indices) or "multi" (sigmoid, 0/1 matrices): a property of the data, not a fork.
 """
@@ -197,21 +197,3 @@ def ramp_up(epoch: float, length: float) -> float:
     if length <= 0 or epoch >= length:
         return 1.0
     return math.exp(-5.0 * (1.0 - max(epoch, 0.0) / length) ** 2)
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, decay: float, step: int) -> float:
-    """Teacher <- a·teacher + (1 - a)·student with the warm start a = min(1 - 1/(step + 1), decay) (method.md §2).
-
-    Floating buffers (BatchNorm statistics) are averaged the same way, integer buffers copied. Hand-written because
-    timm's ModelEma uses another warm-up formula. Returns the a used.
-    """
-    alpha = min(1.0 - 1.0 / (step + 1), decay)
-    for t_par, s_par in zip(teacher.parameters(), student.parameters(), strict=True):
-        t_par.lerp_(s_par.detach(), 1.0 - alpha)
-    for t_buf, s_buf in zip(teacher.buffers(), student.buffers(), strict=True):
-        if t_buf.dtype.is_floating_point:
-            t_buf.lerp_(s_buf, 1.0 - alpha)
-        else:
-            t_buf.copy_(s_buf)
-    return alpha

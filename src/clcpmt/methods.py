@@ -7,12 +7,15 @@ and a method is the recipe of which terms it uses (the paper's ablation rows are
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .config import MethodConfig
 from .losses import (
     SDEBank,
     consistency_loss,
@@ -237,3 +240,24 @@ def build_method(
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ValueError(f"unknown method '{name}'; expected one of {', '.join(METHODS)}{hint}")
     return SSLMethod(METHODS[name], num_classes, num_unlabeled, task, **hparams)
+
+
+# MethodConfig keys that configure something other than the loss of a step (the teacher's EMA and BatchNorm in
+# module.py, the student's view in the data module); every other key is an SSLMethod argument of the same name
+NOT_LOSS_KEYS = ("name", "ema_decay", "teacher_bn", "student_view")
+
+
+def method_from_config(
+    cfg: MethodConfig, num_classes: int, num_unlabeled: int, task: str, **context: object
+) -> SSLMethod:
+    """The method of a config's `method` section: each key passed under its own name, so a new hyper-parameter is
+    a MethodConfig field and an SSLMethod argument, and nothing in between. context: what the data decides
+    (rampup_epochs resolved from the schedule, the labeled prior, the projection size)."""
+    params = inspect.signature(SSLMethod.__init__).parameters
+    hparams = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in NOT_LOSS_KEYS}
+    unknown = sorted(set(hparams) - set(params))
+    if unknown:  # a key renamed on one side only: fail loudly, never drop a setting
+        raise TypeError(
+            f"MethodConfig keys {unknown} are no SSLMethod arguments; add them or list them in NOT_LOSS_KEYS"
+        )
+    return build_method(cfg.name, num_classes, num_unlabeled, task, **{**hparams, **context})

@@ -192,3 +192,21 @@ def create_student(
     if not quiet:  # quiet: weights from a checkpoint follow, and the caller says so
         log.info("backbone %s: %s", backbone, source)
     return Student(net, num_classes, proj_dim), source
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float, step: int) -> float:
+    """Teacher <- a·teacher + (1 - a)·student with the warm start a = min(1 - 1/(step + 1), decay) (method.md §2).
+
+    Floating buffers (BatchNorm statistics) are averaged the same way, integer buffers copied. Hand-written because
+    timm's ModelEma uses another warm-up formula. Returns the a used.
+    """
+    alpha = min(1.0 - 1.0 / (step + 1), decay)
+    for t_par, s_par in zip(teacher.parameters(), student.parameters(), strict=True):
+        t_par.lerp_(s_par.detach(), 1.0 - alpha)
+    for t_buf, s_buf in zip(teacher.buffers(), student.buffers(), strict=True):
+        if t_buf.dtype.is_floating_point:
+            t_buf.lerp_(s_buf, 1.0 - alpha)
+        else:
+            t_buf.copy_(s_buf)
+    return alpha

@@ -10,10 +10,10 @@ import torch
 from torchmetrics import CatMetric
 
 from .config import TrainingError
-from .losses import ema_update, probabilities
+from .losses import probabilities
 from .methods import Progress, SSLBatch, SSLMethod
 from .metrics import classification_metrics
-from .model import Student
+from .model import Student, ema_update
 
 
 def set_teacher_mode(teacher: torch.nn.Module, bn: str) -> None:

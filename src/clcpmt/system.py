@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .config import CheckpointError, Config, ConfigError, config_from_dict, rampup_epochs, to_dict
-from .methods import METHODS, build_method
+from .methods import METHODS, method_from_config
 from .model import create_student, normalization
 from .module import SSLModule
 
@@ -44,33 +44,8 @@ def build_system(
     m = cfg.method
     if m.debias and task != "single":
         raise ConfigError(f"method.debias is for single-label data; this data set is {task}-label")
-    method = build_method(
-        m.name,
-        len(classes),
-        num_unlabeled,
-        task,
-        lambda_mt=m.lambda_mt,
-        lambda_sde=m.lambda_sde,
-        lambda_pl=m.lambda_pl,
-        rampup_epochs=rampup_epochs(cfg),
-        sde_temperature=m.sde_temperature,
-        tau=m.tau,
-        tau_min=m.tau_min,
-        momentum=m.momentum,
-        warmup_epochs=m.warmup_epochs,
-        status=m.status,
-        mt_on_labeled=m.mt_on_labeled,
-        tau_negative=m.tau_negative,
-        lambda_fair=m.lambda_fair,
-        class_balance=m.class_balance,
-        balance_strength=m.balance_strength,
-        prior=prior,
-        sde_bank=m.sde_bank,
-        proj_dim=cfg.model.proj_dim,
-        debias=m.debias,
-        debias_momentum=m.debias_momentum,
-        debias_target=m.debias_target,
-    )
+    context = {"rampup_epochs": rampup_epochs(cfg), "prior": prior, "proj_dim": cfg.model.proj_dim}
+    method = method_from_config(m, len(classes), num_unlabeled, task, **context)
     t = cfg.train
     module = SSLModule(
         student,
