@@ -216,25 +216,25 @@ def test_paired_difference_hand_case():
     assert none[2] == 0 and math.isnan(none[0]) and math.isnan(none[1])
 
 
-def test_paired_differences_by_seed(tmp_path, capsys, monkeypatch):
-    paired = _script("paired")
+def test_paired_differences_by_seed(tmp_path, capsys):
+    from clcpmt.cli import main
+
     path = tmp_path / "results.csv"
     path.write_text(
         "method,variant,labeled,seed,standard/auc\na,,0.2,0,90\na,,0.2,1,80\nb,v,0.2,0,88\nb,v,0.2,1,81\nb,v,0.2,2,70\n"
     )
-    monkeypatch.setattr(sys, "argv", ["paired.py", str(path), "a", "b+v"])
-    paired.main()  # seeds both rows have: 0 and 1; differences +2 and -1
-    out = capsys.readouterr().out
+    assert main(["compare", str(path), "--pair", "a", "b+v", "--metric", "standard/auc"]) == 0
+    out = capsys.readouterr().out  # seeds both rows have: 0 and 1; differences +2 and -1
     assert "seeds [0, 1]: +2.00 / -1.00; mean +0.50" in out
     # SE of the differences: stdev(+2, -1) / sqrt(2) = 2.1213 / 1.4142 = 1.50; each row on seeds 0-1 only
     assert "(SE 1.50; a 85.00 ± 7.07, b+v 84.50 ± 4.95)" in out
     path.write_text("method,variant,labeled,seed,standard/auc\na,,0.2,0,90\nb,,0.2,1,88\n")
-    monkeypatch.setattr(sys, "argv", ["paired.py", str(path), "a", "b"])
-    with pytest.raises(SystemExit, match=r"'a' \(seeds \[0\]\) and 'b' \(seeds \[1\]\) share no seed"):
-        paired.main()
-    monkeypatch.setattr(sys, "argv", ["paired.py", str(path), "a", "b+v", "--metric", "auc"])
-    with pytest.raises(SystemExit, match="no column 'auc'"):
-        paired.main()
+    assert main(["compare", str(path), "--pair", "a", "b", "--metric", "standard/auc"]) == 2
+    assert "'a' (seeds [0]) and 'b' (seeds [1]) share no seed" in capsys.readouterr().err
+    assert main(["compare", str(path), "--pair", "a", "b", "--metric", "auc"]) == 2
+    assert "--metric auc: no such column" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "missing.csv")]) == 2
+    assert "cannot read" in capsys.readouterr().err
 
 
 def test_pseudo_label_audit_shares_hand_case():
@@ -367,7 +367,8 @@ def test_compare_table_paired_differences_and_gap_closed(tmp_path, capsys, monke
     +5.50 ± 0.50; MT − supervised +4, +1: +2.50 ± 1.50; gap closed by CLCP-MT on the seeds it shares with supervised
     5.5 / (60 − 41) = 29 % (its third seed is in its mean, not in the pairs), by MT 2.5 / 19 = 13 %; at 5 % one seed:
     no SE, (33 − 30) / (60 − 30) = 10 %; the debias variant, seed 0 only: 10 / (60 − 40) = 50 %."""
-    compare = _script("compare")
+    from clcpmt.cli import main
+
     path = tmp_path / "results.csv"
     rows = [
         ("supervised", 1.0, 0, 60),
@@ -385,8 +386,7 @@ def test_compare_table_paired_differences_and_gap_closed(tmp_path, capsys, monke
     text = "method,variant,labeled,seed,standard/auc,standard/bacc\n"
     text += "".join(f"{r[0]},{r[4] if len(r) > 4 else ''},{r[1]},{r[2]},90,{r[3]}\n" for r in rows)
     path.write_text(text)
-    monkeypatch.setattr(sys, "argv", ["compare.py", str(path), "--metric", "standard/bacc"])
-    compare.main()
+    assert main(["compare", str(path), "--metric", "standard/bacc"]) == 0
     out = capsys.readouterr().out
     assert "| clcp_mt | 0.2 | 3 | 90.00 ± 0.00 | 46.83 ± 0.76 |" in out
     assert "| clcp_mt | 0.2 | +3.00 ± 1.00 | +5.50 ± 0.50 | 29 % |" in out

@@ -19,7 +19,7 @@ LAYERS = {
     "report": 9,
     "runner": 10,
     "bench": 11,
-    "api": 12,
+    "api": 12, "compare": 12,
     "cli": 13,
     "clcpmt": 14,  # the package: its version, and the API on first use
 }  # fmt: skip

@@ -173,6 +173,17 @@ def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"results: {out / 'results.csv'}, {out / 'results.md'}")
 
 
+def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .compare import pair, tables
+
+    if overrides:
+        raise ConfigError(f"compare takes no config overrides; got {' '.join(overrides)}")
+    if args.pair:
+        print(pair(args.results, *args.pair, args.metric, args.labeled))
+    else:
+        print(tables(args.results, args.metric, args.versus, args.ceiling))
+
+
 def _model_choice(p: argparse.ArgumentParser) -> None:
     """The options predict and export share: which checkpoint, which model, and whether --out may be replaced."""
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
@@ -226,6 +237,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--report", action="store_true", help="only collect finished runs into the tables")
     b.add_argument("--jobs", type=int, default=0, help="runs at once (default: the grid's `jobs`)")
     b.set_defaults(func=cmd_bench)
+    c = sub.add_parser("compare", help="a grid's results.csv: mean ± std, seed-paired differences, gap closed")
+    c.add_argument("results", help="results.csv of `clcpmt bench`")
+    c.add_argument("--metric", nargs="+", default=["standard/bacc", "standard/f1", "standard/auc"])
+    c.add_argument("--versus", nargs="+", default=["mean_teacher", "supervised"], help="reference rows")
+    c.add_argument("--ceiling", default="supervised", help="the all-labels row of the gap (method or method+variant)")
+    c.add_argument("--pair", nargs=2, metavar=("A", "B"), help="only A − B seed by seed (rows: method[+variant])")
+    c.add_argument("--labeled", type=float, default=None, help="--pair: the labeled fraction, when a row has several")
+    c.set_defaults(func=cmd_compare)
     d = sub.add_parser("demo", help="Mean Teacher vs CLCP-MT on embedded synthetic data (CPU, minutes)")
     d.add_argument("--quiet", action="store_true", help="only the result table")
     d.set_defaults(func=cmd_demo)
