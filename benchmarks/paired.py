@@ -10,6 +10,9 @@ import sys
 from clcpmt.cli import main
 
 if __name__ == "__main__":
-    results, a, b, *rest = sys.argv[1:] if len(sys.argv) > 3 else sys.exit(__doc__)
+    if len(sys.argv) < 4 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
+    results, a, b, *rest = sys.argv[1:]
     metric = [] if "--metric" in rest else ["--metric", "standard/auc"]
     sys.exit(main(["compare", results, "--pair", a, b, *metric, *rest]))

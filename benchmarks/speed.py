@@ -35,8 +35,8 @@ from lightning.pytorch.callbacks import Callback
 from clcpmt.config import Config, load_config, resolve_config
 from clcpmt.data.datamodule import SSLDataModule
 from clcpmt.data.sources import PreparedData, prepare_data
-from clcpmt.losses import ema_update
 from clcpmt.methods import METHODS, Progress, SSLBatch
+from clcpmt.model import ema_update
 from clcpmt.module import SSLModule, set_teacher_mode
 from clcpmt.system import build_system, student_sees_strong
 

@@ -531,3 +531,13 @@ def test_a_training_process_stops_when_bench_is_killed_by_sigkill(tmp_path):
             pytest.fail("the training process outlived the SIGKILLed bench")
     finally:
         parent.kill()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (Path(__file__).parents[1] / "benchmarks").glob("*.py")))
+def test_every_benchmark_script_imports_and_answers_help(script):
+    """The scripts are not imported by the suite otherwise: a moved name would break them unnoticed."""
+    import subprocess
+
+    path = Path(__file__).parents[1] / "benchmarks" / script
+    done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]

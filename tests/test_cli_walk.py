@@ -2,6 +2,7 @@
 answered with exactly one `error:` line naming the option (or the path given), exit status 2, no traceback."""
 
 import csv
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -88,3 +89,23 @@ def test_each_hostile_value_is_accepted_or_one_error_naming_the_option(name, slo
             lines = [line for line in err.splitlines() if "error:" in line]
             named = slot if slot != "<positional>" else value
             assert len(lines) == 1 and (named in lines[0] or value and value in lines[0]), (args, err)
+
+
+def test_predict_takes_one_image_and_refuses_a_binary_that_is_no_image(world, tmp_path, capsys):
+    one = sorted(Path(world["images"]).glob("*.jpg"))[0]
+    assert main(["predict", world["run"], "--images", str(one), "--out", str(tmp_path / "one.csv")]) == 0
+    assert len((tmp_path / "one.csv").read_text().splitlines()) == 2  # header + the image
+    blob = tmp_path / "weights.bin"
+    blob.write_bytes(bytes(range(256)) * 4)
+    assert main(["predict", world["run"], "--images", str(blob), "--out", str(tmp_path / "b.csv")]) == 2
+    assert "is neither an image" in capsys.readouterr().err
+
+
+def test_a_device_request_the_machine_cannot_meet_is_one_error_and_leaves_no_folder(tmp_path, capsys):
+    run = tmp_path / "dev"
+    over = tiny(tmp_path, "dev", **{"train.epochs": 1, "train.steps_per_epoch": 1, "train.accelerator": "cpu",
+                                    "train.devices": "0,1"})  # fmt: skip
+    assert main(["train", *over]) == 2
+    err = capsys.readouterr().err
+    assert "train.devices=0,1" in err and err.count("error:") == 1 and "Traceback" not in err
+    assert not run.exists()

@@ -101,12 +101,21 @@ def evaluate_csv(checkpoint: str | Path, labels: str | Path, images: str | Path,
 
 
 def list_images(source: str | Path) -> list[Path]:
-    """Image files of a folder, or the paths listed one per line in a text file."""
+    """Image files of a folder, one image file, or the paths listed one per line in a text file."""
+    if not str(source):  # Path("") would be the current folder: never guess that
+        raise DataError("--images is empty; give an image folder, an image, or a text file with one path per line")
     source = Path(source)
     if source.is_dir():
         paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    elif source.is_file() and source.suffix.lower() in IMAGE_EXTENSIONS:
+        paths = [source]  # one image
     elif source.is_file():
-        paths = [Path(line.strip()) for line in source.read_text().splitlines() if line.strip()]
+        try:
+            text = source.read_text()
+        except UnicodeDecodeError:
+            raise DataError(f"{source} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) nor a text file listing "
+                            "images") from None  # fmt: skip
+        paths = [Path(line.strip()) for line in text.splitlines() if line.strip()]
         for n, p in enumerate(paths, start=1):
             if not p.is_file():
                 raise DataError(f"{source}, line {n}: image {p} does not exist")
@@ -132,8 +141,6 @@ def predict(
     """Write class probabilities in the ISIC submission format: image + one column per class."""
     out = Path(out)
     check_out(out, overwrite)
-    if not str(source):  # Path("") would be the current folder: never guess that
-        raise DataError("--images is empty; give an image folder or a text file with one image path per line")
     paths = list_images(source)
     stems = Counter(p.stem for p in paths)
     if len(stems) != len(paths):
@@ -159,20 +166,24 @@ def predict(
     return out
 
 
-def testing_outputs(run_dir: Path) -> dict[str, np.ndarray]:
+def testing_outputs(
+    run_dir: Path, checkpoint: str | Path | None = None, data: PreparedData | None = None
+) -> dict[str, np.ndarray]:
     """Teacher probabilities (N, C), pooled features (N, D) and targets on the run's testing split.
 
-    Kept in run_dir/test_outputs.npz: computed from best.ckpt and the run's own split files once, at the end of
-    training, so that the report only reads it.
+    Kept in run_dir/test_outputs.npz, written once at the end of training from the checkpoint metrics.json names
+    and the data the run trained on, so that the report only reads it. Without `checkpoint`/`data` (a run of an
+    older release): its best checkpoint and its own split files.
     """
     cached = run_dir / "test_outputs.npz"
-    if cached.is_file():
+    if cached.is_file() and checkpoint is None:
         return dict(np.load(cached))
-    module, cfg = load_system(run_checkpoint(str(run_dir), "best"), announce=False)
-    data_cfg = cfg.data
-    if cfg.data.dataset in ("folder", "chestxray14") and (run_dir / "splits").is_dir():
-        data_cfg = replace(cfg.data, splits=str(run_dir / "splits"))  # exactly the run's own testing images
-    data = prepare_data(data_cfg)
+    module, cfg = load_system(checkpoint or run_checkpoint(str(run_dir), "best"), announce=False)
+    if data is None:
+        data_cfg = cfg.data
+        if cfg.data.dataset in ("folder", "chestxray14") and (run_dir / "splits").is_dir():
+            data_cfg = replace(cfg.data, splits=str(run_dir / "splits"))  # exactly the run's own testing images
+        data = prepare_data(data_cfg)
     index = data.parts["testing"]
     probs, feats = [], []
     with torch.no_grad():

@@ -108,7 +108,7 @@ def run_in_use(run_dir: Path) -> str | None:
     return None
 
 
-def _trainer(cfg: Config, **kwargs) -> L.Trainer:
+def _trainer(cfg: Config, announce: bool = True, **kwargs) -> L.Trainer:
     """Lightning's Trainer on cfg.train's accelerator and devices, its device banner ("GPU available: ...", "TPU
     available: ...") replaced by one line of ours, and a device request the machine cannot meet a ConfigError."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -118,14 +118,15 @@ def _trainer(cfg: Config, **kwargs) -> L.Trainer:
     banner.setLevel(logging.WARNING)
     try:
         trainer = L.Trainer(accelerator=cfg.train.accelerator, devices=cfg.train.devices, **kwargs)
-    except MisconfigurationException as e:
+    except (MisconfigurationException, TypeError, ValueError) as e:  # Lightning's CPU parser raises TypeError
         asked = f"train.accelerator={cfg.train.accelerator}, train.devices={cfg.train.devices}"
         raise ConfigError(f"{asked}: {e}") from None
     finally:
         banner.setLevel(level)
     kind = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
-    log.info(f"training on {kind}: {trainer.num_devices} device(s) x {trainer.num_nodes} node(s), "
-             f"precision {trainer.precision}, {torch.get_num_threads()} CPU threads")  # fmt: skip
+    if announce:
+        log.info(f"training on {kind}: {trainer.num_devices} device(s) x {trainer.num_nodes} node(s), "
+                 f"precision {trainer.precision}, {torch.get_num_threads()} CPU threads")  # fmt: skip
     return trainer
 
 
@@ -182,6 +183,8 @@ def _train(
         )
         if from_last:
             module.weights_source = f"resumed from {last}; the run started from model.pretrained={cfg.model.pretrained}"
+        # the devices asked for, checked before the folder is written (a probe: no logger, no checkpoints)
+        _trainer(cfg, announce=False, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     except BaseException:
         if created:  # a failed start (bad data, a weights file that is not one) leaves no run folder behind
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -250,9 +253,9 @@ def _train(
     results = evaluate_parts(best.best_model_path or str(last), data, ("validation", "testing"), verbose=False)
     results["best_epoch"] = int(read_checkpoint(best.best_model_path)["epoch"]) if best.best_model_path else -1
     results["weights"] = module.weights_source  # where the backbone's starting weights came from (model card)
-    testing_outputs(run_dir)  # teacher probabilities and features on the testing split, for the report
     plot_training(run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    testing_outputs(run_dir, results["checkpoint"], data)  # the teacher on the testing split, for the report
     (run_dir / "MODEL_CARD.md").write_text(model_card(run_dir, cfg))
     write_report([run_dir], run_dir / "report.html")
     for part in ("validation", "testing"):
