@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import clcpmt
-from clcpmt.config import ConfigError
+from clcpmt import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,19 @@ def test_evaluate_a_labeled_set_and_the_onnx_predictor(run, photos, tmp_path):
     assert main(["export", str(run.run_dir), "--out", str(tmp_path / "m.onnx")]) == 0
     onnx = clcpmt.load(tmp_path / "m.onnx")
     assert np.allclose(onnx.predict(photos), clcpmt.load(run.run_dir).predict(photos), atol=1e-4)
+    assert np.allclose(onnx.predict(photos), onnx.predict(photos))  # its one session, reused
+    with pytest.raises(ConfigError, match="holds the teacher only; got model='student'"):
+        clcpmt.load(tmp_path / "m.onnx", model="student")
+
+
+def test_a_16_bit_pil_image_is_scaled_as_the_same_file_read_from_disk(run, tmp_path):
+    rng = np.random.default_rng(1)
+    xray = Image.fromarray(rng.integers(0, 65536, (40, 40), dtype=np.uint16))
+    xray.save(tmp_path / "xray.png")
+    model = run.load()
+    with Image.open(tmp_path / "xray.png") as opened:
+        assert opened.mode.startswith("I")  # PIL opens it as 16-bit: the case the shared reader scales
+        assert np.allclose(model.predict(opened), model.predict(tmp_path / "xray.png"), atol=1e-6)
 
 
 def test_create_student_is_the_factory():

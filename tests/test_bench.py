@@ -20,7 +20,9 @@ from clcpmt.bench import (
     grid_runs,
     load_grid,
     markdown,
+    results_markdown,
     run_name,
+    tail_columns,
 )
 from clcpmt.config import ConfigError
 from clcpmt.stats import paired_difference
@@ -58,6 +60,19 @@ def test_markdown_mean_and_std():
     table = markdown(rows)
     assert "| m | 0.2 | 2 | 85.00 ± 7.07 |" in table
     assert table.splitlines()[0] == "| method | labeled | n | AUC |"  # columns no run has are left out
+
+
+def test_tail_columns_are_the_rarest_classes_of_the_table_split_in_class_order():
+    support = {"a": 50, "b": 3, "c": 40, "d": 5, "e": 9}  # any data set's classes: nothing is hard-coded for ISIC
+    rows = [{"method": "m", "labeled": 0.2, "seed": s} | {f"support/{c}": n for c, n in support.items()}
+            | {f"sens/{c}": 10.0 * s for c in support} | {"standard/auc": 80.0} for s in (0, 1)]  # fmt: skip
+    assert tail_columns(rows) == [("sens/b", "b rec"), ("sens/d", "d rec"), ("sens/e", "e rec")]
+    assert tail_columns(rows, k=1) == [("sens/b", "b rec")]
+    head = markdown(rows).splitlines()[0]
+    assert head == "| method | labeled | n | AUC | b rec | d rec | e rec |"
+    assert "Per-class recall (sensitivity), testing split" in results_markdown(rows)
+    multi = [{k: v for k, v in r.items() if not k.startswith("support/")} for r in rows]  # multi-label: no support
+    assert tail_columns(multi) == [] and "Per-class recall" not in results_markdown(multi)
 
 
 def test_final_pseudo_labels_are_the_last_logged_epochs_also_of_a_resumed_run(tmp_path):

@@ -164,3 +164,10 @@ def test_the_configuration_reference_is_up_to_date():
     assert docs.read_text() == reference(), "regenerate docs/configuration.md (the command is in its first lines)"
     for key in ("`method.tau_min`", "`train.devices`", "`data.classes`", "`extra_runs`", "`jobs`"):
         assert key in docs.read_text()
+
+
+def test_every_dataset_name_has_a_reader_and_every_reader_a_name():
+    from clcpmt.config import DATASETS, FILE_DATASETS
+    from clcpmt.data.sources import SOURCES
+
+    assert set(SOURCES) == set(DATASETS) and set(FILE_DATASETS) <= set(DATASETS)

@@ -1,12 +1,14 @@
 """clcpmt: CLCP-MT and semi-supervised baselines for imbalanced medical image classification.
 
 The Python API (clcpmt/api.py): `clcpmt.train`, `clcpmt.load` (-> Predictor with .predict / .evaluate),
-`clcpmt.create_student`. Imported on first use, so that `import clcpmt` and `clcpmt --help` stay fast.
+`clcpmt.create_student`, and the errors they raise for a bad setting or bad input (`clcpmt.ConfigError`,
+`clcpmt.DataError`, both ValueErrors whose message names the key, file or row). Imported on first use, so
+that `import clcpmt` and `clcpmt --help` stay fast.
 """
 
 from .version import __version__
 
-__all__ = ["Predictor", "Run", "__version__", "create_student", "load", "train"]
+__all__ = ["ConfigError", "DataError", "Predictor", "Run", "__version__", "create_student", "load", "train"]
 
 
 def __getattr__(name: str) -> object:

@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 
 from .config import Config, ConfigError, load_config, resolve_config
-from .data.readers import DataError, crop_and_resize, load_image
+from .data.readers import DataError, crop_and_resize, load_image, to_rgb
 from .model import create_student
 
 __all__ = ["Predictor", "Run", "create_student", "load", "train"]
@@ -92,9 +92,12 @@ class Predictor:
             raise ConfigError(f"model must be teacher or student; got '{model}'")
         self.path, self.model = Path(path), model
         if self.path.suffix == ".onnx":
-            from .export import onnx_metadata
+            from .export import onnx_metadata, onnx_session
 
+            if model != "teacher":
+                raise ConfigError(f"{self.path}: an exported ONNX file holds the teacher only; got model='{model}'")
             meta = onnx_metadata(self.path)
+            self.session = onnx_session(self.path)
             self.classes = tuple(json.loads(meta["classes"]))
             self.image_size, self.center_crop = int(meta["input_size"]), meta["center_crop"] == "true"
             self.checkpoint, self.module = self.path, None
@@ -129,7 +132,7 @@ class Predictor:
                 item = Image.fromarray(item)
             if not isinstance(item, Image.Image):
                 raise DataError(f"image {i}: expected a path, a PIL image or a uint8 array; got {type(item).__name__}")
-            out.append(crop_and_resize(item.convert("RGB"), self.image_size, self.center_crop))
+            out.append(crop_and_resize(to_rgb(item), self.image_size, self.center_crop))
         if not out:
             raise DataError("no images given")
         return np.stack(out)
@@ -140,7 +143,7 @@ class Predictor:
         if self.module is None:
             from .export import onnx_probabilities
 
-            return onnx_probabilities(self.checkpoint, array)
+            return onnx_probabilities(self.checkpoint, array, session=self.session)
         from .inference import predict_probs
 
         return predict_probs(self.module, array, np.arange(len(array)))[self.model].numpy()

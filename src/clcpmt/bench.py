@@ -38,13 +38,14 @@ from .config import (
 from .plots import run_logs
 from .stats import mean_std
 
+GRID_METHODS = ("supervised", "mean_teacher", "fixmatch", "flexmatch", "freematch", "clcp_mt")
+
 
 @dataclass(frozen=True)
 class Grid:
     config: str = "isic2018_cpu"  # base training config (path or packaged name)
     out: str = "runs/bench"  # folder of the grid's runs and tables
-    methods: tuple[str, ...] = ("supervised", "mean_teacher", "fixmatch", "flexmatch", "freematch", "clcp_mt")
-    # ... x labeled fractions (or counts) x seeds: every combination, seed-major
+    methods: tuple[str, ...] = GRID_METHODS  # x labeled x seeds: every combination runs, seed-major
     labeled: tuple[float, ...] = (0.2,)
     seeds: tuple[int, ...] = (0, 1, 2)
     overrides: tuple[str, ...] = ()  # extra --section.key=value for every run
@@ -282,7 +283,11 @@ def collect(grid: Grid) -> list[dict]:
             continue
         metrics = json.loads((run_dir / "metrics.json").read_text())
         row = {"method": method, "variant": variant, "labeled": labeled, "seed": seed}
-        row |= {k: v for k, v in metrics[f"{grid.table_split}/teacher"].items() if k != "confusion"}
+        table = metrics[f"{grid.table_split}/teacher"]
+        row |= {k: v for k, v in table.items() if k != "confusion"}
+        classes = [k.split("/", 1)[1] for k in table if k.startswith("sens/")]
+        if "confusion" in table:  # single-label: images per class (rows of the confusion matrix), for tail_columns
+            row |= {f"support/{c}": sum(n) for c, n in zip(classes, table["confusion"], strict=True)}
         row |= {prefix + k: v for k, v in metrics[f"{other}/teacher"].items() if k.startswith(("standard/", "auc/"))}
         if (run_dir / "official_test.json").is_file():
             row["official/bacc"] = json.loads((run_dir / "official_test.json").read_text())["standard/bacc"]
@@ -313,13 +318,8 @@ def final_pseudo_labels(run_dir: Path) -> dict[str, float]:
     }
 
 
-COLUMNS = [
-    ("standard/auc", "AUC"),
-    ("standard/bacc", "BAcc"),
-    ("standard/f1", "F1"),
-    ("sens/AKIEC", "AKIEC rec"),
-    ("sens/DF", "DF rec"),
-    ("sens/VASC", "VASC rec"),
+HEADLINE = [("standard/auc", "AUC"), ("standard/bacc", "BAcc"), ("standard/f1", "F1")]
+PROTOCOLS = [
     ("srcmt/auc", "srcmt AUC"),
     ("srcmt/acc", "Acc"),
     ("srcmt/sens", "Sens"),
@@ -330,11 +330,27 @@ COLUMNS = [
 ]
 
 
-def markdown(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> str:
+def tail_columns(rows: list[dict], k: int = 3) -> list[tuple[str, str]]:
+    """The recall columns of the k rarest classes of the table split (fewest images, `support/<class>` of the
+    rows), in class order: on HAM10000 AKIEC, DF and VASC. None for multi-label rows (they have no support)."""
+    names = list(dict.fromkeys(key.split("/", 1)[1] for r in rows for key in r if key.startswith("support/")))
+    mean = {c: float(np.mean([float(r[f"support/{c}"]) for r in rows if f"support/{c}" in r])) for c in names}
+    rarest = set(sorted(names, key=mean.__getitem__)[:k])
+    return [(f"sens/{c}", f"{c} rec") for c in names if c in rarest]
+
+
+def columns_of(rows: list[dict]) -> list[tuple[str, str]]:
+    """The grid table's columns: the headline metrics, the tail classes' recall, the other protocols."""
+    return HEADLINE + tail_columns(rows) + PROTOCOLS
+
+
+def markdown(rows: list[dict], columns: list[tuple[str, str]] | None = None) -> str:
     """Mean ± std over seeds per (method[+variant], labeled) for `columns`; n = number of seeds.
 
-    Columns that no run has (the ISIC per-class recalls of a multi-label grid) are left out.
+    columns: default columns_of(rows). Columns that no run has (the official test of a grid without one) are
+    left out.
     """
+    columns = columns_of(rows) if columns is None else columns
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in rows:
         name = r["method"] + (f" +{r['variant']}" if r.get("variant") else "")
@@ -348,6 +364,41 @@ def markdown(rows: list[dict], columns: list[tuple[str, str]] = COLUMNS) -> str:
             cells.append(mean_std([float(r.get(key, np.nan)) for r in rs]))
         lines.append(f"| {method} | {labeled:g} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def results_markdown(rows: list[dict], table_split: str = "testing") -> str:
+    """results.md of a grid: the table (teacher at the best validation epoch), per-class AUC and recall, and the
+    per-class thresholds, acceptance and pseudo-label precision at the end of training."""
+    columns = columns_of(rows)
+    if table_split != "testing":
+        columns = [c for c in columns if c[0] not in ("official/bacc", "val_standard/auc")]
+    title = f"{table_split} split, teacher at the best validation epoch, mean ± std over seeds"
+    text = f"{title}\n\n{markdown(rows, columns)}\n"
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    per_class = [(k, k.split("/", 1)[1]) for k in keys if k.startswith("auc/")]
+    classes = [name for _, name in per_class]
+    if per_class:
+        text += f"\nPer-class AUC, {table_split} split\n\n{markdown(rows, per_class)}\n"
+    recall = [(k, k.split("/", 1)[1]) for k in keys if k.startswith("sens/")]
+    if recall and any(k.startswith("support/") for k in keys):  # single-label: every class's recall
+        text += f"\nPer-class recall (sensitivity), {table_split} split\n\n{markdown(rows, recall)}\n"
+    titles = {
+        "final_threshold/": "Per-class thresholds at the end of training",
+        "final_accept_rate/": "Per-class acceptance at the end of training (%, last epoch; single-label: of the "
+        "unlabeled images predicted as the class, those that passed its threshold; multi-label: positive "
+        "pseudo-labels per unlabeled image)",
+        "final_pl_precision/": "Per-class precision of the accepted pseudo-labels at the end of training (%, by the "
+        "unlabeled images' hidden labels, last epoch)",
+    }
+    for prefix, title in titles.items():
+        cols = sorted(  # the logger writes them in alphabetical order: use the classes'
+            [(k, k.split("/", 1)[1]) for k in keys if k.startswith(prefix)],
+            key=lambda kn: classes.index(kn[1]) if kn[1] in classes else len(classes),
+        )
+        cols = [c for c in cols if any(np.isfinite(float(r.get(c[0], np.nan))) for r in rows)]  # nan: none accepted
+        if cols:
+            text += f"\n{title}\n\n{markdown([r for r in rows if any(k in r for k, _ in cols)], cols)}\n"
+    return text
 
 
 def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Path:
@@ -375,35 +426,7 @@ def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Pa
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(rows)
-    columns = (
-        COLUMNS
-        if grid.table_split == "testing"
-        else [c for c in COLUMNS if c[0] not in ("official/bacc", "val_standard/auc")]
-    )
-    title = f"{grid.table_split} split, teacher at the best validation epoch, mean ± std over seeds"
-    text = f"{title}\n\n{markdown(rows, columns)}\n"
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    per_class = [(k, k.split("/", 1)[1]) for k in keys if k.startswith("auc/")]
-    classes = [name for _, name in per_class]
-    if per_class:
-        text += f"\nPer-class AUC, {grid.table_split} split\n\n{markdown(rows, per_class)}\n"
-    titles = {
-        "final_threshold/": "Per-class thresholds at the end of training",
-        "final_accept_rate/": "Per-class acceptance at the end of training (%, last epoch; single-label: of the "
-        "unlabeled images predicted as the class, those that passed its threshold; multi-label: positive "
-        "pseudo-labels per unlabeled image)",
-        "final_pl_precision/": "Per-class precision of the accepted pseudo-labels at the end of training (%, by the "
-        "unlabeled images' hidden labels, last epoch)",
-    }
-    for prefix, title in titles.items():
-        cols = sorted(  # the logger writes them in alphabetical order: use the classes'
-            [(k, k.split("/", 1)[1]) for k in keys if k.startswith(prefix)],
-            key=lambda kn: classes.index(kn[1]) if kn[1] in classes else len(classes),
-        )
-        cols = [c for c in cols if any(np.isfinite(float(r.get(c[0], np.nan))) for r in rows)]  # nan: none accepted
-        if cols:
-            text += f"\n{title}\n\n{markdown([r for r in rows if any(k in r for k, _ in cols)], cols)}\n"
-    (out / "results.md").write_text(text)
+    (out / "results.md").write_text(results_markdown(rows, grid.table_split))
     finished = [Path(grid.out) / run_name(*run) for run in grid_runs(grid)]
     finished = [d for d in finished if (d / "metrics.json").is_file()]
     if finished:

@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
 def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
     from .data.sources import prepare_data
     from .inference import evaluate_csv, evaluate_parts
-    from .system import load_system, run_checkpoint
+    from .system import load_system, run_checkpoint, run_data
 
     if overrides:
         raise ConfigError(f"evaluate takes no config overrides; got {' '.join(overrides)}")
@@ -76,10 +76,7 @@ def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
     else:
         _, cfg = load_system(ckpt)
         run_dir = Path(args.target) if Path(args.target).is_dir() else ckpt.parent.parent
-        splits = run_dir / "splits"  # the run's own split files: exactly the images it was trained against
-        own = splits.is_dir() and cfg.data.dataset in ("folder", "chestxray14")
-        data_cfg = replace(cfg.data, splits=str(splits)) if own else cfg.data
-        results = evaluate_parts(ckpt, prepare_data(data_cfg), tuple(args.split))
+        results = evaluate_parts(ckpt, prepare_data(run_data(cfg, run_dir)), tuple(args.split))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
 

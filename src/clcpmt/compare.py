@@ -15,13 +15,15 @@ import math
 import statistics
 from pathlib import Path
 
-from .bench import COLUMNS
+from .bench import HEADLINE, tail_columns
 from .config import ConfigError
 from .data.readers import DataError
 from .stats import diff_cell, gap_closed, mean_std, paired_difference
 
-# the grid table's headline columns (bench.COLUMNS), without the srcmt protocol and the validation AUC
-HEADLINE = [c for c in COLUMNS if not c[0].startswith(("srcmt/", "val_"))]
+
+def headline_columns(rows: list[dict]) -> list[tuple[str, str]]:
+    """The grid table's headline (bench): AUC, BAcc, F1, the tail classes' recall and the official test's BAcc."""
+    return HEADLINE + tail_columns(rows) + [("official/bacc", "ISIC test BAcc")]
 
 
 def row_name(r: dict) -> str:
@@ -47,12 +49,13 @@ def groups(rows: list[dict]) -> list[tuple[str, float]]:
 
 def headline(rows: list[dict]) -> str:
     """Markdown: mean ± sample std over seeds of the headline metrics, one row per method and labeled fraction."""
+    columns = headline_columns(rows)
     lines = [
-        "| method | labeled | n | " + " | ".join(h for _, h in HEADLINE) + " |",
-        "|" + "---|" * (3 + len(HEADLINE)),
+        "| method | labeled | n | " + " | ".join(h for _, h in columns) + " |",
+        "|" + "---|" * (3 + len(columns)),
     ]
     for m, lab in groups(rows):
-        cells = [mean_std(list(by_seed(rows, m, lab, key).values())) for key, _ in HEADLINE]
+        cells = [mean_std(list(by_seed(rows, m, lab, key).values())) for key, _ in columns]
         lines.append(f"| {m} | {lab:g} | {len(by_seed(rows, m, lab, 'standard/auc'))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -62,7 +65,7 @@ def differences(rows: list[dict], metrics: list[str], references: list[str], cei
     supervised (at the row's labeled fraction) to `ceiling` (a row name, at all labels) that the row closes."""
     head = ["method", "labeled"]
     for metric in metrics:
-        name = dict(HEADLINE).get(metric, metric)
+        name = dict(headline_columns(rows)).get(metric, metric)
         head += [f"Δ{name} vs {ref}" for ref in references] + [f"{name} gap closed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, lab in groups(rows):

@@ -20,6 +20,10 @@ import yaml
 from .recipes import METHODS
 
 ISIC_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+# data.dataset: each has a reader in data/sources.py (SOURCES). The file-based ones save the run's split files in
+# its folder, and evaluation reads them back (run_data): exactly the images the run was trained against.
+DATASETS = ("synthetic", "synthetic_multilabel", "folder", "chestxray14", "medmnist")
+FILE_DATASETS = ("folder", "chestxray14")
 
 
 class ConfigError(ValueError):
@@ -101,7 +105,7 @@ SEED = {"ge": 0, "le": 2**32 - 1}  # numpy's seed range
 @dataclass(frozen=True)
 class DataConfig:
     # the data: generated (synthetic, synthetic_multilabel), an image folder + label CSV, ChestX-ray14, MedMNIST
-    dataset: str = key("synthetic", choices=("synthetic", "synthetic_multilabel", "folder", "chestxray14", "medmnist"))
+    dataset: str = key("synthetic", choices=DATASETS)
     images: str = ""  # image folder (folder, chestxray14: the NIH root with images/ or images_*/images/)
     labels: str = ""  # folder: ISIC one-hot CSV, HAM10000_metadata.csv or image,label; chestxray14: Data_Entry CSV;
     # medmnist: the .npz file
@@ -130,15 +134,16 @@ class DataConfig:
 class ModelConfig:
     backbone: str = key("resnet18", nonempty=True)  # any timm model name
     pretrained: str = key("none", nonempty=True)  # none | imagenet | path to a weights file
-    mean: tuple[float, ...] = ()  # input normalisation per channel (R, G, B); () = the weights' own (timm's
-    std: tuple[float, ...] = ()  # pretrained config: 0.5 for EfficientNet-Lite) or ImageNet's for random init
+    mean: tuple[float, ...] = ()  # per-channel (R, G, B) input mean; (): the weights' own, as std
+    std: tuple[float, ...] = ()  # per-channel input std; (): the weights' own (timm's pretrained config: 0.5 for
+    # EfficientNet-Lite), ImageNet's for random init
     proj_dim: int = key(128, ge=1, le=65536)  # output size of SDE's projection head
     drop_rate: float = key(0.0, ge=0, lt=1)  # dropout before the classifier
 
 
 @dataclass(frozen=True)
 class MethodConfig:
-    name: str = "clcp_mt"  # one of recipes.METHODS (checked in validate)
+    name: str = "clcp_mt"  # one of recipes.METHODS (method.md); an unknown name is an error naming the closest
     ema_decay: float = key(0.99, ge=0, lt=1)  # alpha of the EMA teacher (warm start: min(alpha, 1 - 1/(t+1)))
     lambda_mt: float = key(1.0, ge=0)  # weight of L_mt, ramped by w(t)
     lambda_sde: float = key(0.1, ge=0)  # weight of L_sde (SupCon on the labeled views)
@@ -149,7 +154,7 @@ class MethodConfig:
     sde_bank: int = key(0, ge=0, le=1_000_000, hint="0: no memory bank")  # SDE's memory bank (mt_sde, clcp_mt):
     # the last N labeled views' projections as extra SupCon keys, so rare classes meet positives outside their batch
     tau: float = key(0.95, ge=0, le=1)  # upper (and FixMatch's fixed) confidence threshold
-    tau_min: float = 0.5  # in [0, tau] (validate)
+    tau_min: float = 0.5  # CAPR's lower bound, in [0, method.tau]
     tau_negative: float = key(0.95, ge=0.5, le=1, hint="negative when p <= 1 - it")  # multi-label FixMatch /
     # CAPR: negative pseudo-label when p <= 1 - it (1: none); FlexMatch and FreeMatch set their own per finding
     status: str = key("confidence", choices=("confidence", "count"))  # CAPR's learning status: mean confidence or count
@@ -185,7 +190,7 @@ class TrainConfig:
     monitor: str = key("val/auc", choices=("val/auc", "val/bacc", "val/f1"))  # picks the best checkpoint (never a
     # test metric)
     accelerator: str = key("auto", choices=("auto", "cpu", "gpu", "cuda", "mps"))  # Lightning accelerator
-    devices: str = "auto"  # auto | a count >= 1 | device indices "0,1" (validate)
+    devices: str = "auto"  # auto | a count 1-1024 | device indices "0,1"; checked before the run folder is made
     progress_bar: bool = True  # one bar for the whole run
 
 
@@ -456,10 +461,11 @@ def reference_table(cls: type, prefix: str = "", only: tuple[str, ...] = ()) -> 
         check = f.metadata.get("check", Check())
         allowed = " \\| ".join(check.choices) if check.choices else check.bounds()
         allowed += (", distinct names" if check.distinct else "") + (", not empty" if check.nonempty else "")
+        allowed += f" ({check.hint})" if check.hint else ""  # the special value's meaning, once
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = "" if default == "" else (str(list(default)) if isinstance(default, tuple) else str(default))
         kind = str(f.type).replace("|", "\\|")
-        meaning = " ".join(x for x in (comments.get(f.name, ""), check.hint) if x).replace("|", "\\|")
+        meaning = comments.get(f.name, "").replace("|", "\\|")
         lines.append(f"`{prefix}{f.name}` | {kind} | `{shown}` | {allowed.strip(', ')} | {meaning}")
     return lines
 

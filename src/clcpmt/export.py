@@ -76,12 +76,18 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
     return meta
 
 
-def onnx_probabilities(path: str | Path, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Probabilities (N, C) of an exported model for (N, S, S, 3) uint8 images already cropped and resized."""
+def onnx_session(path: str | Path) -> object:
+    """An onnxruntime inference session of an exported model, on the CPU."""
     import onnxruntime as ort
 
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def onnx_probabilities(path: str | Path, images: np.ndarray, batch: int = 64, session: object = None) -> np.ndarray:
+    """Probabilities (N, C) of an exported model for (N, S, S, 3) uint8 images already cropped and resized.
+    session: onnx_session(path), to reuse over calls (making one loads the whole graph)."""
     meta = onnx_metadata(path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path) if session is None else session
     mean = np.asarray(json.loads(meta["mean"]), np.float32)[None, :, None, None]
     std = np.asarray(json.loads(meta["std"]), np.float32)[None, :, None, None]
     out = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from .data.sources import PreparedData, prepare_data
 from .losses import probabilities
 from .metrics import f1_thresholds, format_report, multilabel_metrics, srcmt_metrics, standard_metrics
 from .module import SSLModule
-from .system import load_system, run_checkpoint
+from .system import load_system, run_checkpoint, run_data
 
 
 def writable_folder(folder: Path, key: str) -> None:
@@ -180,10 +179,7 @@ def testing_outputs(
         return dict(np.load(cached))
     module, cfg = load_system(checkpoint or run_checkpoint(str(run_dir), "best"), announce=False)
     if data is None:
-        data_cfg = cfg.data
-        if cfg.data.dataset in ("folder", "chestxray14") and (run_dir / "splits").is_dir():
-            data_cfg = replace(cfg.data, splits=str(run_dir / "splits"))  # exactly the run's own testing images
-        data = prepare_data(data_cfg)
+        data = prepare_data(run_data(cfg, run_dir))
     index = data.parts["testing"]
     probs, feats = [], []
     with torch.no_grad():

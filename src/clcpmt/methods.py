@@ -71,6 +71,7 @@ class StepOutput:
 
 def build_rule(
     name: str,
+    *,
     num_classes: int,
     num_unlabeled: int,
     tau: float,
@@ -102,6 +103,7 @@ class SSLMethod(nn.Module):
         self,
         recipe: Recipe,
         num_classes: int,
+        *,
         num_unlabeled: int = 0,
         task: str = "single",
         lambda_mt: float = 1.0,
@@ -155,15 +157,15 @@ class SSLMethod(nn.Module):
         if recipe.threshold:
             self.rule = build_rule(
                 recipe.threshold,
-                num_classes,
-                num_unlabeled,
-                tau,
-                tau_min,
-                momentum,
-                warmup_epochs,
-                status,
-                task,
-                tau_negative,
+                num_classes=num_classes,
+                num_unlabeled=num_unlabeled,
+                tau=tau,
+                tau_min=tau_min,
+                momentum=momentum,
+                warmup_epochs=warmup_epochs,
+                status=status,
+                task=task,
+                tau_negative=tau_negative,
             )
 
     @property
@@ -239,7 +241,7 @@ def build_method(
         close = difflib.get_close_matches(name, METHODS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ValueError(f"unknown method '{name}'; expected one of {', '.join(METHODS)}{hint}")
-    return SSLMethod(METHODS[name], num_classes, num_unlabeled, task, **hparams)
+    return SSLMethod(METHODS[name], num_classes, num_unlabeled=num_unlabeled, task=task, **hparams)
 
 
 # MethodConfig keys that configure something other than the loss of a step (the teacher's EMA and BatchNorm in

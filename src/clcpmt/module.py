@@ -43,6 +43,7 @@ class SSLModule(L.LightningModule):
         student: Student,
         method: SSLMethod,
         classes: tuple[str, ...],
+        *,
         config: dict | None = None,
         ema_decay: float = 0.99,
         lr: float = 1e-4,
@@ -55,7 +56,6 @@ class SSLModule(L.LightningModule):
         task: str = "single",
         optimizer: str = "adam",
         teacher_bn: str = "ema",
-        *,
         mean: tuple[float, ...],
         std: tuple[float, ...],
     ) -> None:

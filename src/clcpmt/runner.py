@@ -40,7 +40,7 @@ from .methods import METHODS
 from .model import check_model
 from .plots import plot_training
 from .report import write_report  # at import, not at the run's end: a file edited during a long run is not mixed in
-from .system import build_system, read_checkpoint, student_sees_strong, with_normalization
+from .system import build_system, read_checkpoint, run_data, student_sees_strong, with_normalization
 
 log = logging.getLogger("clcpmt")
 
@@ -334,6 +334,4 @@ def resumed_config(cfg: Config, last: Path) -> Config:
         raise ConfigError(f"--resume {run_dir}: the run started with other settings: {'; '.join(changed)}. A resumed "
                           "run continues the run it was: undo the change, or start a new run with another run_dir "
                           "(e.g. --config <run>/config.yaml --run_dir <new> plus the change)")  # fmt: skip
-    if cfg.data.dataset in ("folder", "chestxray14") and (run_dir / "splits" / "testing.csv").is_file():
-        cfg = replace(cfg, data=replace(cfg.data, splits=str(run_dir / "splits")))  # exactly the run's own parts
-    return cfg
+    return replace(cfg, data=run_data(cfg, run_dir))  # exactly the run's own parts

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import torch
 
-from .config import CheckpointError, Config, ConfigError, config_from_dict, rampup_epochs, to_dict
+from .config import (
+    FILE_DATASETS,
+    CheckpointError,
+    Config,
+    ConfigError,
+    DataConfig,
+    config_from_dict,
+    rampup_epochs,
+    to_dict,
+)
 from .methods import METHODS, method_from_config
 from .model import create_student, normalization
 from .module import SSLModule
@@ -41,33 +50,42 @@ def build_system(
         cfg.model.drop_rate,
         quiet=from_checkpoint,
     )
-    m = cfg.method
-    if m.debias and task != "single":
-        raise ConfigError(f"method.debias is for single-label data; this data set is {task}-label")
+    m, t = cfg.method, cfg.train
     context = {"rampup_epochs": rampup_epochs(cfg), "prior": prior, "proj_dim": cfg.model.proj_dim}
-    method = method_from_config(m, len(classes), num_unlabeled, task, **context)
-    t = cfg.train
+    try:  # what only the data decides (e.g. method.debias on multi-label data) is checked where the method is built
+        method = method_from_config(m, len(classes), num_unlabeled, task, **context)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     module = SSLModule(
         student,
         method,
         classes,
-        to_dict(cfg),
-        m.ema_decay,
-        t.lr,
-        t.weight_decay,
-        t.schedule,
-        t.lr_decay,
-        t.epochs,
-        steps_per_epoch,
-        t.channels_last,
-        task,
-        t.optimizer,
-        m.teacher_bn,
+        config=to_dict(cfg),
+        ema_decay=m.ema_decay,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        schedule=t.schedule,
+        lr_decay=t.lr_decay,
+        epochs=t.epochs,
+        steps_per_epoch=steps_per_epoch,
+        channels_last=t.channels_last,
+        task=task,
+        optimizer=t.optimizer,
+        teacher_bn=m.teacher_bn,
         mean=cfg.model.mean,
         std=cfg.model.std,
     )
     module.weights_source = source
     return module
+
+
+def run_data(cfg: Config, run_dir: Path) -> DataConfig:
+    """cfg's data section, reading a file-based data set's split files from the run's own folder when it has them:
+    exactly the images the run was trained against, even if the split files it was given have changed since."""
+    own = Path(run_dir) / "splits"
+    if cfg.data.dataset in FILE_DATASETS and (own / "testing.csv").is_file():
+        return replace(cfg.data, splits=str(own))
+    return cfg.data
 
 
 def with_normalization(cfg: Config) -> Config:

@@ -139,17 +139,22 @@ def load_image(path: str | Path, size: int, center_crop: bool) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale (X-rays; PIL reads some as "I")
-                # the bit depth's range, not the image's own maximum: two copies of one X-ray stay equal
-                arr = np.asarray(img, dtype=np.float32).clip(0, 65535)
-                img = Image.fromarray(np.round(arr / 65535 * 255).astype(np.uint8))
-            img = img.convert("RGB")
+            img = to_rgb(img)
     except Image.DecompressionBombError as e:
         raise DataError(f"cannot read image {path}: {e} (PIL's guard against decompression bombs); resize the file "
                         "or check where it came from") from None  # fmt: skip
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {e}; is the file complete and an image?") from None
     return crop_and_resize(img, size, center_crop)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An opened image as 8-bit RGB; 16-bit grayscale (X-rays; PIL reads some as "I") scaled by the bit depth's
+    range, not the image's own maximum, so that two copies of one X-ray stay equal."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float32).clip(0, 65535)
+        img = Image.fromarray(np.round(arr / 65535 * 255).astype(np.uint8))
+    return img.convert("RGB")
 
 
 def crop_and_resize(img: Image.Image, size: int, center_crop: bool) -> np.ndarray:
@@ -192,8 +197,8 @@ def cached_images(paths: list[Path], size: int, center_crop: bool, cache_dir: st
                 if not target.exists():
                     _fill_cache(target, paths, size, center_crop)
             except DataError:  # a bad image fails every retry: keep no partial cache of it (a kill keeps it)
-                for leftover in (target.with_suffix(".partial.npy"), target.with_suffix(".progress")):
-                    leftover.unlink(missing_ok=True)
+                for suffix in (".partial.npy", ".progress", ".progress.tmp"):
+                    target.with_suffix(suffix).unlink(missing_ok=True)
                 raise
             finally:
                 lock_path.unlink(missing_ok=True)  # from now on the cache file itself (or the error) is the answer
