@@ -63,11 +63,13 @@ def test_markdown_mean_and_std():
 
 
 def test_tail_columns_are_the_rarest_classes_of_the_table_split_in_class_order():
-    support = {"a": 50, "b": 3, "c": 40, "d": 5, "e": 9}  # any data set's classes: nothing is hard-coded for ISIC
+    support = {"a": 50, "b": 9, "c": 40, "d": 3, "e": 5}  # any data set's classes: nothing is hard-coded for ISIC
     rows = [{"method": "m", "labeled": 0.2, "seed": s} | {f"support/{c}": n for c, n in support.items()}
             | {f"sens/{c}": 10.0 * s for c in support} | {"standard/auc": 80.0} for s in (0, 1)]  # fmt: skip
     assert tail_columns(rows) == [("sens/b", "b rec"), ("sens/d", "d rec"), ("sens/e", "e rec")]
-    assert tail_columns(rows, k=1) == [("sens/b", "b rec")]
+    assert tail_columns(rows, k=1) == [("sens/d", "d rec")]  # the rarest; the list above is in class order
+    csv_like = rows + [{"method": "x", "labeled": 0.2, "seed": 0} | {f"support/{c}": "" for c in support}]
+    assert tail_columns(csv_like) == tail_columns(rows)  # a results.csv row without them holds ""
     head = markdown(rows).splitlines()[0]
     assert head == "| method | labeled | n | AUC | b rec | d rec | e rec |"
     assert "Per-class recall (sensitivity), testing split" in results_markdown(rows)

@@ -334,7 +334,9 @@ def tail_columns(rows: list[dict], k: int = 3) -> list[tuple[str, str]]:
     """The recall columns of the k rarest classes of the table split (fewest images, `support/<class>` of the
     rows), in class order: on HAM10000 AKIEC, DF and VASC. None for multi-label rows (they have no support)."""
     names = list(dict.fromkeys(key.split("/", 1)[1] for r in rows for key in r if key.startswith("support/")))
-    mean = {c: float(np.mean([float(r[f"support/{c}"]) for r in rows if f"support/{c}" in r])) for c in names}
+    # a results.csv row has every column: "" where a run has none
+    mean = {c: float(np.mean([float(r[f"support/{c}"]) for r in rows if r.get(f"support/{c}") not in (None, "")]))
+            for c in names}  # fmt: skip
     rarest = set(sorted(names, key=mean.__getitem__)[:k])
     return [(f"sens/{c}", f"{c} rec") for c in names if c in rarest]
 
