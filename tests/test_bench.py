@@ -558,3 +558,37 @@ def test_every_benchmark_script_imports_and_answers_help(script):
     path = Path(__file__).parents[1] / "benchmarks" / script
     done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_records_carry_a_grid_to_another_machine_without_checkpoints(tmp_path, monkeypatch):
+    import clcpmt.bench as bench_module
+
+    path, out, records = tmp_path / "g.yaml", tmp_path / "bench", tmp_path / "records"
+    path.write_text(
+        f"config: demo\nout: {out}\nrecords: {records}\nmethods: [supervised]\nseeds: [0]\n"
+        "overrides: [--data.synthetic_size=300, --train.epochs=1, --train.steps_per_epoch=2, --data.num_workers=0]\n"
+    )
+    bench(path)
+    kept = records / "supervised_lab0.2_seed0"
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "logs", "machine.txt", "metrics.json",
+                                                      "wall_time.txt"]  # fmt: skip
+    assert "cores" in (kept / "machine.txt").read_text() and not list(records.glob("*.part"))
+    table = (out / "results.md").read_text()
+
+    # another machine: no run folders, only the records; nothing trains, the table is the same
+    import shutil
+
+    shutil.rmtree(out)
+
+    def no_training(cmd, **kw):
+        raise AssertionError(f"a recorded run was trained again: {cmd}")
+
+    monkeypatch.setattr(bench_module, "run_child", no_training)
+    bench(path)
+    assert (out / "results.md").read_text() == table
+    assert not (out / "supervised_lab0.2_seed0" / "checkpoints").exists()
+
+    # a run finished before `records` was set is recorded by the next bench (or --report)
+    shutil.rmtree(records)
+    bench(path, only_report=True)
+    assert (records / "supervised_lab0.2_seed0" / "metrics.json").is_file()

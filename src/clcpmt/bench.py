@@ -4,6 +4,10 @@ Each run is a separate `clcpmt train` process (a crash or kill loses at most tha
 a metrics.json is finished and skipped, a started run (config.yaml, no metrics.json) is resumed. `jobs` runs several
 at once (a machine with many cores and a GPU); its output goes to train.log in the run folder.
 
+A grid that outlives its machine (a 14-hour grid on machines lent for 3 hours, say) keeps each finished run's small
+files in `records` (RECORD: config, metrics, logs, wall time, machine; no checkpoints, no per-image outputs), a
+folder that can live in git; a run found there counts as finished on any later machine.
+
 A *variant* is a named list of overrides (e.g. `tau_min_0.8: [--method.tau_min=0.8]`) run beside the defaults:
 hyper-parameter studies are grids too, tabulated on the validation split (`table_split: validation`) because
 nothing may be chosen on a test split.
@@ -15,6 +19,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +62,7 @@ class Grid:
     table_split: str = "testing"  # split of the Markdown table: testing (results) | validation (studies)
     keep_last: bool = False  # keep a finished run's last.ckpt (false: removed; best.ckpt stays for evaluate/predict)
     jobs: int = 1  # runs at once, each with cores / jobs threads unless OMP_NUM_THREADS is set
+    records: str = ""  # folder keeping each finished run's RECORD files; a run found there is finished ("" = none)
 
 
 def reference() -> str:
@@ -228,6 +234,47 @@ def check_runs(grid: Grid, path: str | Path) -> None:
             raise ConfigError(f"{path}: run {run_name(*run)}: {e}") from None
 
 
+RECORD = ("config.yaml", "metrics.json", "official_test.json", "wall_time.txt", "machine.txt", "logs")
+
+
+def machine() -> str:
+    """The CPU (model name, cores) a run's wall time was measured on, and the GPU if one is visible."""
+    cpu = "unknown CPU"
+    if Path("/proc/cpuinfo").is_file():
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    gpu = ""
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():  # bench itself never imports torch
+        gpu = ", GPU " + sys.modules["torch"].cuda.get_device_name(0)
+    return f"{cpu}, {os.cpu_count()} cores{gpu}"
+
+
+def keep_record(run_dir: Path, records: Path) -> None:
+    """Copy a finished run's RECORD files to records/<run> (all or none: written beside, then renamed)."""
+    dest, tmp = records / run_dir.name, records / (run_dir.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in RECORD:
+        if (run_dir / name).is_dir():
+            shutil.copytree(run_dir / name, tmp / name)
+        elif (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, tmp / name)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+def restore_records(grid: Grid) -> list[str]:
+    """Copy every run that `grid.records` holds and grid.out lacks back into grid.out (finished elsewhere: it has
+    no checkpoint, so it is tabulated but cannot be evaluated again here). Returns their names."""
+    restored = []
+    for run in grid_runs(grid):
+        src, dest = Path(grid.records) / run_name(*run), Path(grid.out) / run_name(*run)
+        if grid.records and (src / "metrics.json").is_file() and not (dest / "metrics.json").is_file():
+            shutil.copytree(src, dest, dirs_exist_ok=True)
+            restored.append(run_name(*run))
+    return restored
+
+
 def run_one(grid: Grid, method: str, labeled: float, seed: int, variant: str = "") -> Path:
     """Train (or resume, or skip) one run and evaluate it on the official test set."""
     run_dir = Path(grid.out) / run_name(method, labeled, seed, variant)
@@ -253,6 +300,8 @@ def run_one(grid: Grid, method: str, labeled: float, seed: int, variant: str = "
         finally:
             if run_dir.is_dir():
                 wall.write_text(f"{before + time.time() - start:.0f}\n")
+                seen = (run_dir / "machine.txt").read_text().splitlines() if (run_dir / "machine.txt").is_file() else []
+                (run_dir / "machine.txt").write_text("\n".join(dict.fromkeys([*seen, machine()])) + "\n")
         if not (run_dir / "metrics.json").is_file():  # exit status 0 without finishing: never evaluate a partial run
             print(f"{run_dir}: the training process ended without writing metrics.json", file=sys.stderr)
             raise subprocess.CalledProcessError(0, cmd)
@@ -263,11 +312,14 @@ def run_one(grid: Grid, method: str, labeled: float, seed: int, variant: str = "
     official = run_dir / "official_test.json"
     best = run_dir / "checkpoints" / "best.ckpt"
     stale = official.is_file() and best.is_file() and official.stat().st_mtime < best.stat().st_mtime
-    if grid.official_labels and (not official.is_file() or stale):  # stale: of a checkpoint since replaced
+    # stale: of a checkpoint since replaced; no best.ckpt: a run restored from grid.records, evaluated where it trained
+    if grid.official_labels and best.is_file() and (not official.is_file() or stale):
         from .inference import evaluate_csv
 
         res = evaluate_csv(best, grid.official_labels, grid.official_images, verbose=False)
         official.write_text(json.dumps(res["external/teacher"], indent=2))
+    if grid.records:
+        keep_record(run_dir, Path(grid.records))
     return run_dir
 
 
@@ -414,6 +466,8 @@ def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Pa
     out = Path(grid.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = []
+    if restored := restore_records(grid):
+        print(f"{len(restored)} run(s) finished elsewhere, from {grid.records}: {', '.join(restored)}", file=sys.stderr)
     if not only_report:
         # what the grid's end needs (runner, and the report it imports), loaded now: a grid runs for hours, and a
         # module first imported after an edit would meet the older modules loaded at the start
@@ -431,6 +485,9 @@ def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Pa
     (out / "results.md").write_text(results_markdown(rows, grid.table_split))
     finished = [Path(grid.out) / run_name(*run) for run in grid_runs(grid)]
     finished = [d for d in finished if (d / "metrics.json").is_file()]
+    for d in finished if grid.records else []:  # also runs finished before `records` was set, and by --report
+        if any((d / f).exists() and not (Path(grid.records) / d.name / f).exists() for f in RECORD):
+            keep_record(d, Path(grid.records))
     if finished:
         from .report import write_report
 

@@ -15,15 +15,15 @@ import math
 import statistics
 from pathlib import Path
 
-from .bench import HEADLINE, tail_columns
+from .bench import columns_of
 from .config import ConfigError
 from .data.readers import DataError
 from .stats import diff_cell, gap_closed, mean_std, paired_difference
 
 
 def headline_columns(rows: list[dict]) -> list[tuple[str, str]]:
-    """The grid table's headline (bench): AUC, BAcc, F1, the tail classes' recall and the official test's BAcc."""
-    return HEADLINE + tail_columns(rows) + [("official/bacc", "ISIC test BAcc")]
+    """The grid table's columns (bench.columns_of) without the srcmt protocol and the validation AUC."""
+    return [c for c in columns_of(rows) if not c[0].startswith(("srcmt/", "val_"))]
 
 
 def row_name(r: dict) -> str:
