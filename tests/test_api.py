@@ -103,3 +103,14 @@ def test_a_16_bit_pil_image_is_scaled_as_the_same_file_read_from_disk(run, tmp_p
 def test_create_student_is_the_factory():
     student, source = clcpmt.create_student("resnet10t", num_classes=7)
     assert source and student is not None
+
+
+def test_the_errors_import_without_torch():
+    """`except clcpmt.ConfigError` in a script must not pay for importing torch and the API."""
+    import subprocess
+    import sys
+
+    code = "import sys, clcpmt; clcpmt.ConfigError, clcpmt.DataError; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
+    assert issubclass(clcpmt.ConfigError, ValueError) and issubclass(clcpmt.DataError, ValueError)

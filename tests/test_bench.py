@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from clcpmt.audit import COLUMNS, per_class, shares
 from clcpmt.bench import (
     bench,
     child_env,
@@ -26,6 +27,13 @@ from clcpmt.bench import (
 )
 from clcpmt.config import ConfigError
 from clcpmt.stats import paired_difference
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+ISIC = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+
+
+def row_run(row: dict) -> str:
+    return run_name(row["method"], float(row["labeled"]), int(row["seed"]), row["variant"])
 
 
 def test_grid_runs_and_errors(tmp_path):
@@ -110,6 +118,12 @@ def test_tiny_grid_runs_once_and_skips_finished_runs(tmp_path):
     assert text.splitlines()[2].endswith("| val AUC |")  # the validation column beside the testing ones
     row = next(csv.DictReader(open(out / "results.csv")))
     assert "val_standard/auc" in row and "val_auc/MEL" in row and "test_standard/auc" not in row
+    # images per class of the testing split (from the confusion matrix), counted here from the run's split file
+    with open(out / row_run(row) / "splits" / "testing.csv", newline="") as f:
+        counted = [0] * 7
+        for r in csv.DictReader(f):
+            counted[[float(r[c]) for c in ISIC].index(1.0)] += 1
+    assert [float(row[f"support/{c}"]) for c in ISIC] == counted and sum(counted) > 0
     assert (out / "fixmatch_lab0.2_seed0" / "thresholds.png").is_file()
     grid_page = (out / "report.html").read_text()  # the grid's report: the comparison, and a link to each run's own
     assert "Comparison (testing, teacher)" in grid_page and 'href="fixmatch_lab0.2_seed0/report.html"' in grid_page
@@ -213,9 +227,7 @@ def test_wall_time_sums_the_attempts_of_a_resumed_run_and_a_finished_run_drops_l
 
 def _script(name: str):
     """A benchmarks/ script as a module (benchmarks/ is not a package)."""
-    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
-    if str(path.parent) not in sys.path:  # as `python benchmarks/x.py` would: its siblings import by name
-        sys.path.insert(0, str(path.parent))
+    path = next(BENCHMARKS.rglob(f"{name}.py"))
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -255,31 +267,61 @@ def test_paired_differences_by_seed(tmp_path, capsys):
 
 
 def test_pseudo_label_audit_shares_hand_case():
-    audit = _script("pseudo_label_audit")
     p = np.array([[0.9, 0.01], [0.3, 0.02], [0.04, 0.6], [0.01, 0.03]])
     pos = np.array([[1, 0], [1, 1], [0, 1], [0, 0]], dtype=bool)
-    s = audit.shares(p, pos, low=0.05)
+    s = shares(p, pos, low=0.05)
     # finding 0: positives 0.9, 0.3 -> 1/2 at >= 0.5, 0/2 at <= 0.05; negatives 0.04, 0.01 -> 2/2 at <= 0.05
     # finding 1: positives 0.02, 0.6 -> 1/2 and 1/2; negatives 0.01, 0.03 -> 2/2
     assert np.allclose(s, [[0.5, 0.5], [0.0, 0.5], [1.0, 1.0]])
-    # a run without last.ckpt (a finished bench run without keep_last) gets one clear error naming the file
-    with pytest.raises(SystemExit, match=r"run/checkpoints/last.ckpt not found.*keep_last: true"):
-        audit.audit(Path("run"))
 
 
 def test_tail_audit_per_class_hand_case():
-    tail = _script("tail_audit")
     p = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.55, 0.45]])
     y = np.array([0, 0, 1, 1])
-    t = tail.per_class(p, y, np.array([0.8, 0.6]))
+    t = per_class(p, y, np.array([0.8, 0.6]))
     # predicted 0, 0, 1, 0; confidences 0.9, 0.6, 0.7, 0.55; accepted (>= 0.8 for 0, >= 0.6 for 1): yes, no, yes, no
     # class 0: n 2, predicted 3/4, true 2/4, recall 2/2, p(true) (0.9 + 0.6) / 2, reached 1/2, precision 1/1
     # class 1: n 2, predicted 1/4, true 2/4, recall 1/2, p(true) (0.7 + 0.45) / 2, reached 1/2, precision 1/1
     assert np.allclose(t[:, 0], [2, 75, 50, 100, 0.75, 0.8, 50, 100])
     assert np.allclose(t[:, 1], [2, 25, 50, 50, 0.575, 0.6, 50, 100])
     # a class nothing is accepted for has no precision; a class without images no recall
-    t = tail.per_class(p[:3], np.array([0, 0, 0]), np.array([0.95, 0.95]))
+    t = per_class(p[:3], np.array([0, 0, 0]), np.array([0.95, 0.95]))
     assert np.isnan(t[7]).all() and np.isnan(t[3, 1]) and t[6, 0] == 0
+
+
+def test_clcpmt_audit_of_single_and_multi_label_runs_and_its_errors(tmp_path, capsys):
+    from clcpmt.cli import main
+
+    def tiny(name, *extra):
+        args = ["train", "--config=demo", f"--run_dir={tmp_path / name}", "--data.synthetic_size=300",
+                "--train.epochs=1", "--train.steps_per_epoch=2", "--data.num_workers=0", "--quiet", *extra]  # fmt: skip
+        assert main(args) == 0
+
+    tiny("fix", "--method.name=fixmatch")
+    capsys.readouterr()
+    assert main(["audit", str(tmp_path / "fix")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("validation, pseudo-labelling model of best.ckpt; mean over 1 run(s): fix")
+    assert table[1] == "| class | " + " | ".join(COLUMNS) + " |" and len(table) == 3 + 7
+    assert table[3].startswith("| MEL | ") and "| 0.95 |" in table[3]  # FixMatch's fixed threshold
+    tiny("multi", "--method.name=clcp_mt", "--data.dataset=synthetic_multilabel")
+    capsys.readouterr()
+    assert main(["audit", str(tmp_path / "multi"), "--low", "0.05"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("unlabeled training images, teacher of last.ckpt") and "p ≤ 0.05" in table[1]
+    # errors: no checkpoint, no thresholds, runs of two tasks, a multi-label run without last.ckpt
+    assert main(["audit", str(tmp_path / "nothing")]) == 2
+    assert "nothing/checkpoints/best.ckpt not found" in capsys.readouterr().err
+    tiny("sup", "--method.name=supervised")
+    capsys.readouterr()
+    assert main(["audit", str(tmp_path / "sup")]) == 2
+    assert "method supervised has no pseudo-label thresholds" in capsys.readouterr().err
+    assert main(["audit", str(tmp_path / "fix"), str(tmp_path / "multi")]) == 2
+    assert "differ in task or classes" in capsys.readouterr().err
+    (tmp_path / "multi" / "checkpoints" / "last.ckpt").unlink()
+    assert main(["audit", str(tmp_path / "multi")]) == 2
+    err = capsys.readouterr().err
+    assert "multi/checkpoints/last.ckpt not found" in err and "keep_last: true" in err
 
 
 def test_debias_audit_candidates_and_capr_steady_state_hand_case():
@@ -369,7 +411,7 @@ def test_a_typo_in_any_run_is_an_error_before_the_first_run_trains(tmp_path):
     assert not (tmp_path / "b" / "supervised_lab0.2_seed0").exists()  # nothing trained
 
 
-GRIDS = sorted((Path(__file__).parents[1] / "benchmarks").glob("*.yaml"))
+GRIDS = sorted(p for p in BENCHMARKS.rglob("*.yaml") if "records" not in p.relative_to(BENCHMARKS).parts)
 
 
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.stem)
@@ -550,12 +592,12 @@ def test_a_training_process_stops_when_bench_is_killed_by_sigkill(tmp_path):
         parent.kill()
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in (Path(__file__).parents[1] / "benchmarks").glob("*.py")))
+@pytest.mark.parametrize("script", sorted(str(p.relative_to(BENCHMARKS)) for p in BENCHMARKS.rglob("*.py")))
 def test_every_benchmark_script_imports_and_answers_help(script):
     """The scripts are not imported by the suite otherwise: a moved name would break them unnoticed."""
     import subprocess
 
-    path = Path(__file__).parents[1] / "benchmarks" / script
+    path = BENCHMARKS / script
     done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
 

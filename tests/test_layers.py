@@ -20,7 +20,7 @@ LAYERS = {
     "report": 9,
     "runner": 10,
     "bench": 11,
-    "api": 12, "compare": 12,
+    "api": 12, "compare": 12, "audit": 9,
     "cli": 13,
     "clcpmt": 14,  # the package: its version, and the API on first use
 }  # fmt: skip

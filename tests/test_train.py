@@ -194,3 +194,21 @@ def test_debias_toward_the_labeled_prior_gets_it_from_the_labeled_split_and_keep
     assert torch.allclose(module.method.debias.target, expected) and module.method.prior is None
     assert not torch.allclose(expected, torch.full_like(expected, 1 / len(expected)))  # the test can tell them apart
     assert "pseudo-labels debiased towards the labeled class prior, λ 1.0" in (run_dir / "MODEL_CARD.md").read_text()
+
+
+def test_run_data_reads_the_runs_own_splits_and_says_when_it_cannot(tmp_path, caplog):
+    from dataclasses import replace
+
+    from clcpmt.config import Config
+    from clcpmt.system import run_data
+
+    base = Config()
+    cfg = replace(base, data=replace(base.data, dataset="folder", splits="given/splits"))
+    (tmp_path / "splits").mkdir()
+    with caplog.at_level("WARNING", logger="clcpmt"):
+        assert run_data(cfg, tmp_path).splits == "given/splits"  # a run folder without its split files
+    assert "no split files of the run" in caplog.text and "given/splits" in caplog.text
+    (tmp_path / "splits" / "testing.csv").write_text("")
+    caplog.clear()
+    assert run_data(cfg, tmp_path).splits == str(tmp_path / "splits") and not caplog.text
+    assert run_data(base, tmp_path) is base.data and not caplog.text  # generated data: nothing to read or say

@@ -12,6 +12,14 @@ __all__ = ["ConfigError", "DataError", "Predictor", "Run", "__version__", "creat
 
 
 def __getattr__(name: str) -> object:
+    if name == "ConfigError":  # the errors without torch: `except clcpmt.ConfigError` costs no import of the API
+        from .config import ConfigError
+
+        return ConfigError
+    if name == "DataError":
+        from .data.readers import DataError
+
+        return DataError
     if name in __all__:
         from . import api
 

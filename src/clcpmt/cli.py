@@ -1,4 +1,4 @@
-"""The `clcpmt` command: train, evaluate, predict, demo."""
+"""The `clcpmt` command: train, evaluate, predict, export, report, bench, compare, audit, demo."""
 
 from __future__ import annotations
 
@@ -181,6 +181,14 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
         print(tables(args.results, args.metric, args.versus, args.ceiling))
 
 
+def cmd_audit(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .audit import audit_table
+
+    if overrides:
+        raise ConfigError(f"audit takes no config overrides; got {' '.join(overrides)}")
+    print(audit_table(args.runs, args.low))
+
+
 def _model_choice(p: argparse.ArgumentParser) -> None:
     """The options predict and export share: which checkpoint, which model, and whether --out may be replaced."""
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
@@ -242,6 +250,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--pair", nargs=2, metavar=("A", "B"), help="only A − B seed by seed (rows: method[+variant])")
     c.add_argument("--labeled", type=float, default=None, help="--pair: the labeled fraction, when a row has several")
     c.set_defaults(func=cmd_compare)
+    a = sub.add_parser("audit", help="per-class pseudo-label acceptance and precision of runs, with hidden labels")
+    a.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of one task (their mean is shown)")
+    a.add_argument("--low", type=float, help="multi-label: count negatives at p <= LOW (default: 1 - tau_negative)")
+    a.set_defaults(func=cmd_audit)
     d = sub.add_parser("demo", help="Mean Teacher vs CLCP-MT on embedded synthetic data (CPU, minutes)")
     d.add_argument("--quiet", action="store_true", help="only the result table")
     d.set_defaults(func=cmd_demo)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import MethodConfig
+from .config import ConfigError, MethodConfig
 from .losses import (
     SDEBank,
     consistency_loss,
@@ -93,7 +93,7 @@ def build_rule(
         return CAPRThreshold(
             num_classes, num_unlabeled, tau, tau_min, momentum, warmup_epochs, status, task, tau_negative
         )
-    raise ValueError(f"unknown threshold rule '{name}'; expected fixed, flexmatch, freematch or capr")
+    raise ConfigError(f"unknown threshold rule '{name}'; expected fixed, flexmatch, freematch or capr")
 
 
 class SSLMethod(nn.Module):
@@ -146,7 +146,7 @@ class SSLMethod(nn.Module):
         self.debias = None
         if debias > 0:
             if task != "single" or recipe.threshold is None or recipe.pl_source != "teacher":
-                raise ValueError("method.debias needs single-label data and a method that pseudo-labels from the "
+                raise ConfigError("method.debias needs single-label data and a method that pseudo-labels from the "
                                  "teacher (clcp_mt, mt_capr)")  # fmt: skip
             target = None
             if debias_target == "labeled":  # pi; NaN (loud, never silently uniform) until a checkpoint supplies it
@@ -225,8 +225,7 @@ class SSLMethod(nn.Module):
             logs["mask_rate"] = out.mask.float().mean()
             out.loss = out.loss + (w if r.pl_source == "teacher" else 1.0) * self.lambda_pl * logs["loss/pl"]
             if r.fairness and task == "single" and out.mask.any():
-                rule = self.rule
-                logs["loss/fair"] = fairness_loss(logits_us[out.mask], rule.class_probs, rule.class_hist)
+                logs["loss/fair"] = fairness_loss(logits_us[out.mask], *self.rule.fairness_state())
                 out.loss = out.loss + self.lambda_fair * logs["loss/fair"]
         for key in logs:
             logs[key] = logs[key].detach()
@@ -240,7 +239,7 @@ def build_method(
     if name not in METHODS:
         close = difflib.get_close_matches(name, METHODS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown method '{name}'; expected one of {', '.join(METHODS)}{hint}")
+        raise ConfigError(f"unknown method '{name}'; expected one of {', '.join(METHODS)}{hint}")
     return SSLMethod(METHODS[name], num_classes, num_unlabeled=num_unlabeled, task=task, **hparams)
 
 

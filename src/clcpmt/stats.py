@@ -20,7 +20,7 @@ def mean_std(values: list[float]) -> str:
 def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
     """Seed-paired a − b ({seed: value} each, the same labeled draw per seed): the mean of the per-seed differences
     over the seeds both have, its standard error (sample std of the differences / sqrt(n); nan below two seeds) and
-    n. The one definition behind `clcpmt bench`, the report's comparison, compare.py and paired.py."""
+    n. The one definition behind `clcpmt bench`, the report's comparison and `clcpmt compare`."""
     diff = [a[s] - b[s] for s in sorted(a.keys() & b.keys())]
     if not diff:
         return math.nan, math.nan, 0

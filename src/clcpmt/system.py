@@ -15,7 +15,6 @@ from .config import (
     FILE_DATASETS,
     CheckpointError,
     Config,
-    ConfigError,
     DataConfig,
     config_from_dict,
     rampup_epochs,
@@ -52,10 +51,9 @@ def build_system(
     )
     m, t = cfg.method, cfg.train
     context = {"rampup_epochs": rampup_epochs(cfg), "prior": prior, "proj_dim": cfg.model.proj_dim}
-    try:  # what only the data decides (e.g. method.debias on multi-label data) is checked where the method is built
-        method = method_from_config(m, len(classes), num_unlabeled, task, **context)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    # what only the data decides (method.debias on multi-label data) is checked where the method is built: a
+    # ConfigError from there; any other error is a bug and keeps its traceback
+    method = method_from_config(m, len(classes), num_unlabeled, task, **context)
     module = SSLModule(
         student,
         method,
@@ -83,8 +81,12 @@ def run_data(cfg: Config, run_dir: Path) -> DataConfig:
     """cfg's data section, reading a file-based data set's split files from the run's own folder when it has them:
     exactly the images the run was trained against, even if the split files it was given have changed since."""
     own = Path(run_dir) / "splits"
-    if cfg.data.dataset in FILE_DATASETS and (own / "testing.csv").is_file():
+    if cfg.data.dataset not in FILE_DATASETS:
+        return cfg.data
+    if (own / "testing.csv").is_file():
         return replace(cfg.data, splits=str(own))
+    log.warning(f"{own}: no split files of the run (testing.csv); using data.splits of its config "
+                f"({cfg.data.splits or 'drawn from data.seed'}), which may have changed since it trained")  # fmt: skip
     return cfg.data
 
 

@@ -334,6 +334,11 @@ class FreeMatchThreshold(nn.Module):
         self.class_probs.mul_(m).add_((1 - m) * stats[1 : c + 1] / stats[-1])
         self.class_hist.mul_(m).add_((1 - m) * stats[c + 1 : 2 * c + 1] / stats[-1])
 
+    def fairness_state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p~, h~), each (C,): the EMA of p and of the argmax histogram that FreeMatch's fairness term
+        (losses.fairness_loss) normalises by. Single-label only."""
+        return self.class_probs, self.class_hist
+
     def thresholds(self, epoch: float) -> torch.Tensor:
         if self.task == "single":
             return freematch_thresholds(self.global_conf, self.class_probs)

@@ -21,7 +21,7 @@ The choice rule, fixed before reading the table: the candidate with the highest 
 pseudo-labels (F1 counts the wrong pseudo-labels that flooding a tail class brings; balanced accuracy alone
 rewards them). A static audit: the teacher here was trained without debiasing; a debiased run's teacher changes.
 
-    python benchmarks/debias_audit.py runs/bench_isic2018_cpu64/clcp_mt_lab0.2_seed{0,1,2}
+    python benchmarks/studies/debias_audit.py runs/bench_isic2018_cpu64/clcp_mt_lab0.2_seed{0,1,2}
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tail_audit import per_class  # beside this file: `python benchmarks/debias_audit.py` puts benchmarks/ on the path
 
+from clcpmt.audit import per_class
 from clcpmt.data.sources import prepare_data
 from clcpmt.inference import predict_probs
 from clcpmt.losses import class_prior

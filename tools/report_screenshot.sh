@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Render an HTML report in headless Chromium (Debian's package) to a PNG, to look at it as a user would:
-#   bash benchmarks/report_screenshot.sh report.html [out.png] [width] [height]
+#   bash tools/report_screenshot.sh report.html [out.png] [width] [height]
 # Installs chromium with apt-get when it is missing. No network is used by the page (it is self-contained).
 set -euo pipefail
 page="$(realpath "$1")"; out="${2:-${1%.html}.png}"; width="${3:-1300}"; height="${4:-6000}"
