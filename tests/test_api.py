@@ -41,6 +41,27 @@ def test_an_unknown_override_is_the_config_error_of_the_command_line(tmp_path):
     with pytest.raises(ConfigError, match="train.epoch"):
         clcpmt.train(run_dir=tmp_path / "r", **{"train.epoch": 1})
     assert not (tmp_path / "r").exists()
+    with pytest.raises(ConfigError, match="no config.yaml there; is it a run folder"):
+        clcpmt.train(run_dir=tmp_path, resume=True)
+
+
+def test_run_config_is_the_command_lines_config(run, tmp_path, capsys):
+    """`clcpmt train --print-config` and the API resolve a config the same way; a resumed run reads its own
+    config.yaml, with the folder it is in now."""
+    import json
+    import shutil
+
+    from clcpmt.cli import main
+
+    cfg = clcpmt.run_config("demo", tmp_path / "r", overrides=["--train.epochs=3"])
+    assert cfg.train.epochs == 3 and cfg.run_dir == str(tmp_path / "r") and cfg.data.dataset == "synthetic"
+    assert main(["train", "--config", "demo", "--train.epochs=3", f"--run_dir={tmp_path / 'r'}", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["train"]["epochs"] == 3 and printed["run_dir"] == cfg.run_dir
+    moved = tmp_path / "moved"
+    shutil.copytree(run.run_dir, moved)
+    resumed = clcpmt.run_config(run_dir=moved, resume=True)
+    assert resumed.run_dir == str(moved) and resumed.train.epochs == 1 and resumed.data.image_size == 32
 
 
 def test_predict_from_paths_pil_and_arrays_agree_with_the_cli(run, photos, tmp_path):

@@ -8,7 +8,17 @@ that `import clcpmt` and `clcpmt --help` stay fast.
 
 from .version import __version__
 
-__all__ = ["ConfigError", "DataError", "Predictor", "Run", "__version__", "create_student", "load", "train"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "Predictor",
+    "Run",
+    "__version__",
+    "create_student",
+    "load",
+    "run_config",
+    "train",
+]
 
 
 def __getattr__(name: str) -> object:

@@ -24,7 +24,7 @@ from .config import Config, ConfigError, load_config, resolve_config
 from .data.readers import DataError, crop_and_resize, load_image, to_rgb
 from .model import create_student
 
-__all__ = ["Predictor", "Run", "create_student", "load", "train"]
+__all__ = ["Predictor", "Run", "create_student", "load", "run_config", "train"]
 
 
 def _overrides(overrides: dict) -> list[str]:
@@ -56,6 +56,22 @@ class Run:
         return load(self.run_dir, checkpoint, model)
 
 
+def run_config(config: str | Path | None = None, run_dir: str | Path | None = None, resume: bool = False,
+               overrides: Sequence[str] = ()) -> Config:  # fmt: skip
+    """The resolved config of a run, as `train` and `clcpmt train` build it: the defaults, then `config` (a YAML file
+    or a packaged config's name), then `overrides` (--section.key=value strings), then run_dir. resume: the killed
+    run in run_dir, from its own config.yaml (the folder given wins over the run_dir saved in it)."""
+    if resume:
+        if run_dir is None:
+            raise ConfigError("resume needs the run folder of the run to continue")
+        config = Path(run_dir) / "config.yaml"
+        if not config.is_file():
+            raise ConfigError(f"resume {run_dir}: no config.yaml there; is it a run folder?")
+    elif config:
+        config = resolve_config(str(config))
+    return load_config(config or None, [*overrides, *([f"--run_dir={run_dir}"] if run_dir is not None else [])])
+
+
 def train(config: str | Path | None = None, run_dir: str | Path | None = None, resume: bool = False,
           **overrides: object) -> Run:  # fmt: skip
     """Train one run, as `clcpmt train` does.
@@ -66,12 +82,7 @@ def train(config: str | Path | None = None, run_dir: str | Path | None = None, r
     """
     from .runner import train as train_run
 
-    if resume:
-        if run_dir is None:
-            raise ConfigError("resume=True needs the run_dir of the run to continue")
-        config = Path(run_dir) / "config.yaml"
-    extra = _overrides(overrides) + ([f"--run_dir={run_dir}"] if run_dir is not None else [])
-    cfg = load_config(resolve_config(str(config)) if config else None, extra)
+    cfg = run_config(config, run_dir, resume, _overrides(overrides))
     folder = train_run(cfg, resume=resume)
     if folder is None:  # another process of a distributed run
         raise RuntimeError("this process is not rank 0 of a distributed run: rank 0 returns the run")

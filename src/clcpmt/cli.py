@@ -18,7 +18,6 @@ from .config import (
     ConfigError,
     TrainingError,
     load_config,
-    resolve_config,
     to_dict,
 )
 from .data.readers import DataError
@@ -36,6 +35,7 @@ def quiet(cfg: Config) -> Config:
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .api import run_config
     from .bench import PARENT_ENV, stop_with_parent
     from .runner import train
 
@@ -43,16 +43,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     if parent:  # started by `clcpmt bench`: stop when it does, however it is killed
         stop_with_parent(int(parent))
         os.environ[PARENT_ENV] = str(os.getpid())  # DDP's other processes are started by this one: stop with it
-    config = resolve_config(args.config)
-    if args.resume:
-        config = Path(args.resume) / "config.yaml"
-        if not config.is_file():
-            raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a run folder?")
-    cfg = load_config(config, overrides)
+    cfg = run_config(args.config, args.resume, bool(args.resume), overrides)
     if args.quiet:
         cfg = quiet(cfg)
-    if args.resume:  # the folder given, wherever it is now: not the run_dir saved in its config.yaml
-        cfg = replace(cfg, run_dir=str(Path(args.resume)))
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return
