@@ -55,6 +55,7 @@ def test_run_config_is_the_command_lines_config(run, tmp_path, capsys):
 
     cfg = clcpmt.run_config("demo", tmp_path / "r", overrides=["--train.epochs=3"])
     assert cfg.train.epochs == 3 and cfg.run_dir == str(tmp_path / "r") and cfg.data.dataset == "synthetic"
+    assert clcpmt.run_config(run_dir="runs/try #007/").run_dir == "runs/try #007"  # a path, not a YAML value
     assert main(["train", "--config", "demo", "--train.epochs=3", f"--run_dir={tmp_path / 'r'}", "--print-config"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["train"]["epochs"] == 3 and printed["run_dir"] == cfg.run_dir

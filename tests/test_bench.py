@@ -318,6 +318,8 @@ def test_clcpmt_audit_of_single_and_multi_label_runs_and_its_errors(tmp_path, ca
     assert "method supervised has no pseudo-label thresholds" in capsys.readouterr().err
     assert main(["audit", str(tmp_path / "fix"), str(tmp_path / "multi")]) == 2
     assert "differ in task or classes" in capsys.readouterr().err
+    assert main(["audit", str(tmp_path / "fix"), "--low", "0.05"]) == 2
+    assert "--low is for multi-label runs" in capsys.readouterr().err
     (tmp_path / "multi" / "checkpoints" / "last.ckpt").unlink()
     assert main(["audit", str(tmp_path / "multi")]) == 2
     err = capsys.readouterr().err
@@ -602,7 +604,7 @@ def test_every_benchmark_script_imports_and_answers_help(script):
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
 
 
-def test_records_carry_a_grid_to_another_machine_without_checkpoints(tmp_path, monkeypatch):
+def test_records_carry_a_grid_to_another_machine_without_checkpoints(tmp_path, monkeypatch, capsys):
     import clcpmt.bench as bench_module
 
     path, out, records = tmp_path / "g.yaml", tmp_path / "bench", tmp_path / "records"
@@ -626,11 +628,19 @@ def test_records_carry_a_grid_to_another_machine_without_checkpoints(tmp_path, m
         raise AssertionError(f"a recorded run was trained again: {cmd}")
 
     monkeypatch.setattr(bench_module, "run_child", no_training)
+    partial = out / "supervised_lab0.2_seed0"  # an unfinished attempt here: replaced, none of its files mixed in
+    (partial / "checkpoints").mkdir(parents=True)
+    (partial / "config.yaml").write_text("")
+    (partial / "checkpoints" / "best.ckpt").write_text("")
     bench(path)
     assert (out / "results.md").read_text() == table
-    assert not (out / "supervised_lab0.2_seed0" / "checkpoints").exists()
+    assert not (partial / "checkpoints").exists() and "an unfinished attempt, replaced" in capsys.readouterr().err
+    assert "finished on another machine" in (out / "report.html").read_text()  # no link to a report not there
 
     # a run finished before `records` was set is recorded by the next bench (or --report)
     shutil.rmtree(records)
     bench(path, only_report=True)
     assert (records / "supervised_lab0.2_seed0" / "metrics.json").is_file()
+    path.write_text(path.read_text().replace(f"records: {records}", f"records: {out}"))
+    with pytest.raises(ConfigError, match="records must be a folder other than out"):
+        load_grid(path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +69,9 @@ def run_config(config: str | Path | None = None, run_dir: str | Path | None = No
             raise ConfigError(f"resume {run_dir}: no config.yaml there; is it a run folder?")
     elif config:
         config = resolve_config(str(config))
-    return load_config(config or None, [*overrides, *([f"--run_dir={run_dir}"] if run_dir is not None else [])])
+    cfg = load_config(config or None, list(overrides))
+    # the folder as given (not an override string: YAML would read "007" as 7 and "runs/try #2" as runs/try)
+    return cfg if run_dir is None else replace(cfg, run_dir=str(Path(run_dir)))
 
 
 def train(config: str | Path | None = None, run_dir: str | Path | None = None, resume: bool = False,

@@ -28,7 +28,7 @@ import torch
 from .config import CheckpointError, ConfigError
 from .data.sources import prepare_data
 from .inference import predict_probs
-from .system import load_system, read_checkpoint
+from .system import load_system, read_checkpoint, run_data
 
 COLUMNS = ("n", "share predicted", "true share", "recall", "p(true)", "threshold", "reached", "precision")
 MULTI_COLUMNS = ("positives at p ≥ 0.5", "positives at p ≤ {low} (pushed to 0)", "negatives at p ≤ {low}")
@@ -81,17 +81,23 @@ def audit_run(run: str | Path, low: float | None = None) -> tuple[str, tuple[str
     """(task, classes, table) of one run folder: task "single" with per_class's (8, C) on validation, or "multi"
     with shares' (3, C) on the unlabeled images (at p <= low; default the run's 1 - tau_negative)."""
     run = Path(run)
-    best = _checkpoint(run, "best", "is it a finished run folder?")
-    module, cfg = load_system(best, announce=False)
-    data = prepare_data(cfg.data)
+    first = next((p for p in (run / "checkpoints" / f"{n}.ckpt" for n in ("last", "best")) if p.is_file()), None)
+    if first is None:
+        raise CheckpointError(f"{run / 'checkpoints' / 'best.ckpt'} not found: is it a finished run folder?")
+    module, cfg = load_system(first, announce=False)
+    data = prepare_data(run_data(cfg, run))  # the run's own split files: exactly its unlabeled / validation images
     if data.task == "multi":
-        last = _checkpoint(run, "last", "the multi-label audit reads the end of training, and a finished `clcpmt "
-                           "bench` run keeps only best.ckpt unless its grid file sets keep_last: true")  # fmt: skip
-        module, cfg = load_system(last, announce=False)
+        _checkpoint(run, "last", "the multi-label audit reads the end of training, and a finished `clcpmt bench` "
+                    "run keeps only best.ckpt unless its grid file sets keep_last: true")  # fmt: skip
         idx = data.parts["unlabeled"]
         p = predict_probs(module, data.images, idx)["teacher"].numpy()
         low = 1.0 - cfg.method.tau_negative if low is None else low
         return "multi", data.classes, shares(p, data.targets[idx] > 0.5, low)  # hidden labels: counted, not trained
+    if low is not None:
+        raise ConfigError(f"{run}: --low is for multi-label runs (negative pseudo-labels); this one is single-label")
+    best = _checkpoint(run, "best", "the single-label audit reads the best validation epoch")
+    if best != first:
+        module, cfg = load_system(best, announce=False)
     method = module.method
     if method.rule is None:
         raise ConfigError(f"{run}: method {cfg.method.name} has no pseudo-label thresholds to audit")

@@ -90,6 +90,8 @@ def load_grid(path: str | Path) -> Grid:
             raise ConfigError(f"{path}: variants.{name} must be a name of letters, digits, '.', '_' with a list")
     if grid.jobs < 1:
         raise ConfigError(f"{path}: jobs must be >= 1; got {grid.jobs}")
+    if grid.records and Path(grid.records).resolve() == Path(grid.out).resolve():
+        raise ConfigError(f"{path}: records must be a folder other than out ({grid.out}): it keeps copies of runs")
     if grid.table_split not in ("testing", "validation"):
         raise ConfigError(f"{path}: table_split must be testing or validation; got '{grid.table_split}'")
     return grid
@@ -238,20 +240,23 @@ RECORD = ("config.yaml", "metrics.json", "official_test.json", "wall_time.txt", 
 
 
 def machine() -> str:
-    """The CPU (model name, cores) a run's wall time was measured on, and the GPU if one is visible."""
+    """The CPU (model name, cores this process may use) a run's wall time was measured on, and the GPU if one is
+    visible (torch is loaded by then: bench imports the runner before the first run)."""
     cpu = "unknown CPU"
     if Path("/proc/cpuinfo").is_file():
         names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
         cpu = names[0] if names else cpu
-    gpu = ""
-    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():  # bench itself never imports torch
-        gpu = ", GPU " + sys.modules["torch"].cuda.get_device_name(0)
-    return f"{cpu}, {os.cpu_count()} cores{gpu}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch = sys.modules.get("torch")
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch is not None and torch.cuda.is_available() else ""
+    return f"{cpu}, {cores} cores{gpu}"
 
 
 def keep_record(run_dir: Path, records: Path) -> None:
-    """Copy a finished run's RECORD files to records/<run> (all or none: written beside, then renamed)."""
-    dest, tmp = records / run_dir.name, records / (run_dir.name + ".part")
+    """Copy a finished run's RECORD files to records/<run>: written beside (a name of this process), then swapped
+    in, so that records/<run> is always a whole record, this one or the one before."""
+    dest = records / run_dir.name
+    tmp, old = (records / f"{run_dir.name}.{kind}-{os.getpid()}" for kind in ("part", "old"))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in RECORD:
@@ -259,19 +264,31 @@ def keep_record(run_dir: Path, records: Path) -> None:
             shutil.copytree(run_dir / name, tmp / name)
         elif (run_dir / name).is_file():
             shutil.copy2(run_dir / name, tmp / name)
-    shutil.rmtree(dest, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
     tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def restore_records(grid: Grid) -> list[str]:
     """Copy every run that `grid.records` holds and grid.out lacks back into grid.out (finished elsewhere: it has
-    no checkpoint, so it is tabulated but cannot be evaluated again here). Returns their names."""
+    no checkpoint, so it is tabulated but cannot be evaluated again here). An unfinished local attempt at the same
+    run is replaced (its checkpoints and logs are of another, unfinished training). Returns the runs restored."""
+    from .runner import run_in_use
+
     restored = []
     for run in grid_runs(grid):
         src, dest = Path(grid.records) / run_name(*run), Path(grid.out) / run_name(*run)
-        if grid.records and (src / "metrics.json").is_file() and not (dest / "metrics.json").is_file():
-            shutil.copytree(src, dest, dirs_exist_ok=True)
-            restored.append(run_name(*run))
+        if not grid.records or not (src / "metrics.json").is_file() or (dest / "metrics.json").is_file():
+            continue
+        if dest.exists():
+            if pid := run_in_use(dest):
+                raise ConfigError(f"{dest} is training (process {pid}) and {src} says it finished elsewhere: stop "
+                                  "one of them")  # fmt: skip
+            print(f"{dest}: an unfinished attempt, replaced by the run recorded in {src}", file=sys.stderr)
+            shutil.rmtree(dest)
+        shutil.copytree(src, dest)
+        restored.append(run_name(*run))
     return restored
 
 
@@ -486,7 +503,8 @@ def bench(grid_path: str | Path, only_report: bool = False, jobs: int = 0) -> Pa
     finished = [Path(grid.out) / run_name(*run) for run in grid_runs(grid)]
     finished = [d for d in finished if (d / "metrics.json").is_file()]
     for d in finished if grid.records else []:  # also runs finished before `records` was set, and by --report
-        if any((d / f).exists() and not (Path(grid.records) / d.name / f).exists() for f in RECORD):
+        unevaluated = grid.official_labels and not (d / "official_test.json").is_file()  # never recorded so
+        if not unevaluated and any((d / f).exists() and not (Path(grid.records) / d.name / f).exists() for f in RECORD):
             keep_record(d, Path(grid.records))
     if finished:
         from .report import write_report

@@ -278,7 +278,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path, baseline: str = ""
         body += [run_section(d) for d in dirs]
     else:
         links = [f'<li><a href="{html.escape(str(Path(os.path.relpath(d, out.parent)) / "report.html"))}">'
-                 f"{html.escape(d.name)}</a></li>" for d in dirs]  # fmt: skip
+                 f"{html.escape(d.name)}</a></li>" if (d / "report.html").is_file() else
+                 f"<li>{html.escape(d.name)} (finished on another machine: no report of its own here)</li>"
+                 for d in dirs]  # fmt: skip
         body.append("<h2>Runs (each with its own report)</h2><ul>" + "".join(links) + "</ul>")
     title = "clcpmt report: " + ", ".join(d.name for d in dirs)
     page = (
