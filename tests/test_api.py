@@ -45,20 +45,14 @@ def test_an_unknown_override_is_the_config_error_of_the_command_line(tmp_path):
         clcpmt.train(run_dir=tmp_path, resume=True)
 
 
-def test_run_config_is_the_command_lines_config(run, tmp_path, capsys):
-    """`clcpmt train --print-config` and the API resolve a config the same way; a resumed run reads its own
-    config.yaml, with the folder it is in now."""
-    import json
+def test_run_config_resolves_as_training_does(run, tmp_path):
+    """The config `clcpmt.train` and `clcpmt train` train with; a resumed run reads its own config.yaml, with the
+    folder it is in now (tests/test_config.py checks the command line prints the same)."""
     import shutil
-
-    from clcpmt.cli import main
 
     cfg = clcpmt.run_config("demo", tmp_path / "r", overrides=["--train.epochs=3"])
     assert cfg.train.epochs == 3 and cfg.run_dir == str(tmp_path / "r") and cfg.data.dataset == "synthetic"
     assert clcpmt.run_config(run_dir="runs/try #007/").run_dir == "runs/try #007"  # a path, not a YAML value
-    assert main(["train", "--config", "demo", "--train.epochs=3", f"--run_dir={tmp_path / 'r'}", "--print-config"]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert printed["train"]["epochs"] == 3 and printed["run_dir"] == cfg.run_dir
     moved = tmp_path / "moved"
     shutil.copytree(run.run_dir, moved)
     resumed = clcpmt.run_config(run_dir=moved, resume=True)

@@ -171,3 +171,17 @@ def test_every_dataset_name_has_a_reader_and_every_reader_a_name():
     from clcpmt.data.sources import SOURCES
 
     assert set(SOURCES) == set(DATASETS) and set(FILE_DATASETS) <= set(DATASETS)
+
+
+def test_print_config_is_the_apis_run_config(tmp_path, capsys):
+    import json
+
+    from clcpmt import run_config
+    from clcpmt.cli import main
+    from clcpmt.config import to_dict
+
+    args = ["--config", "demo", "--train.epochs=3", f"--run_dir={tmp_path / 'r'}"]
+    assert main(["train", *args, "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = json.loads(json.dumps(to_dict(run_config("demo", tmp_path / "r", overrides=args[2:3]))))
+    assert printed == expected and printed["train"]["epochs"] == 3 and printed["run_dir"] == str(tmp_path / "r")

@@ -212,3 +212,13 @@ def test_run_data_reads_the_runs_own_splits_and_says_when_it_cannot(tmp_path, ca
     caplog.clear()
     assert run_data(cfg, tmp_path).splits == str(tmp_path / "splits") and not caplog.text
     assert run_data(base, tmp_path) is base.data and not caplog.text  # generated data: nothing to read or say
+
+
+def test_a_run_says_once_what_it_runs_on_and_lightning_prints_no_device_banner(tmp_path, caplog):
+    from clcpmt.cli import main
+
+    with caplog.at_level("INFO"):
+        assert main(["train", *tiny(tmp_path, **{"train.epochs": 1, "train.steps_per_epoch": 2})]) == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if "GPU available" in m or "TPU available" in m], said
+    assert len([m for m in said if m.startswith("training on cpu: 1 device(s)")]) == 1, said
