@@ -149,6 +149,11 @@ def stop_with_parent(parent: int) -> None:
         raise SystemExit(f"bench (pid {parent}) has stopped: this run is not started")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a scheduler or taskset sets it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def child_env(jobs: int, environ: dict | None = None, cores: int | None = None) -> dict:
     """The environment of a training process when `jobs` run at once: each gets cores // jobs intra-op threads
     (OMP_NUM_THREADS), unless the user set it. By default every process would use every core, and PyTorch's threads
@@ -158,7 +163,7 @@ def child_env(jobs: int, environ: dict | None = None, cores: int | None = None) 
     env = dict(os.environ if environ is None else environ)
     if jobs > 1 and "OMP_NUM_THREADS" not in env:
         if cores is None:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            cores = usable_cores()
         env["OMP_NUM_THREADS"] = str(max(1, cores // jobs))
     return env
 
@@ -246,7 +251,7 @@ def machine() -> str:
     if Path("/proc/cpuinfo").is_file():
         names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
         cpu = names[0] if names else cpu
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     torch = sys.modules.get("torch")
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch is not None and torch.cuda.is_available() else ""
     return f"{cpu}, {cores} cores{gpu}"
