@@ -15,7 +15,9 @@ from clcpmt.system import run_checkpoint
 from test_train import Crash, tiny
 
 
-def test_resume_continues_in_the_folder_given_wherever_it_was_moved_and_whatever_the_cwd(tmp_path, monkeypatch):
+def test_resume_continues_in_the_folder_given_wherever_it_was_moved_and_whatever_the_cwd(
+    tmp_path, monkeypatch, recwarn
+):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, tiny(tmp_path, **{"run_dir": "runs/killed"}))  # a relative run_dir, saved as such
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -29,6 +31,8 @@ def test_resume_continues_in_the_folder_given_wherever_it_was_moved_and_whatever
     assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 16
     assert (moved / "metrics.json").is_file() and (moved / "logs" / "resume_1" / "metrics.csv").is_file()
     assert not (tmp_path / "other" / "runs").exists() and not (tmp_path / "runs" / "killed").exists()
+    # the run's own checkpoints are no surprise: no "Checkpoint directory ... exists and is not empty" from Lightning
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
 
 
 def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path, capsys):

@@ -235,6 +235,8 @@ def _train(
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
         # CatMetric gathers the validation set across processes, so the logged values are already global
         warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+        # only a resumed run finds checkpoints in its folder (a new run refuses a used one): they are its own
+        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
         try:
             # weights_only: the resumed checkpoint is read with torch's safe unpickler too (read first by
             # resumed_config, which names the file if it holds anything else)
