@@ -457,6 +457,29 @@ def test_compare_table_paired_differences_and_gap_closed(tmp_path, capsys, monke
     assert "| supervised | 1 | 1 |" in out and "| supervised | 1 |  |" not in out  # the ceiling: no difference row
 
 
+def test_compare_runs_lists_every_seed_with_its_validation_auc_and_wall_time(tmp_path, capsys):
+    """--runs: one row per run in the grid's order, seeds ascending, values as written ("-" where one is missing)."""
+    from clcpmt.cli import main
+
+    path = tmp_path / "results.csv"
+    path.write_text(
+        "method,variant,labeled,seed,standard/auc,standard/bacc,val_standard/auc,wall_s\n"
+        "supervised,bl48,1.0,0,95.631,58.35,96.21,1517.4\n"
+        "clcp_mt,,0.2,1,92.41,50.58,92.89,1288\n"
+        "clcp_mt,,0.2,0,92.30,50.25,91.97,\n"
+    )
+    assert main(["compare", str(path), "--runs", "--metric", "standard/bacc"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert lines == [
+        "| method | labeled | seed | AUC | BAcc | val AUC | wall s |",
+        "| supervised+bl48 | 1 | 0 | 95.63 | 58.35 | 96.21 | 1517 |",
+        "| clcp_mt | 0.2 | 0 | 92.30 | 50.25 | 91.97 | - |",
+        "| clcp_mt | 0.2 | 1 | 92.41 | 50.58 | 92.89 | 1288 |",
+    ]
+    assert main(["compare", str(path), "--runs", "--pair", "clcp_mt", "supervised"]) == 2
+    assert "--pair and --runs" in capsys.readouterr().err
+
+
 def test_a_failed_run_does_not_stop_the_grid_and_is_named_at_the_end(tmp_path, monkeypatch):
     import subprocess
 

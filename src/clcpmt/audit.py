@@ -84,7 +84,8 @@ def audit_run(run: str | Path, low: float | None = None) -> tuple[str, tuple[str
     first = next((p for p in (run / "checkpoints" / f"{n}.ckpt" for n in ("last", "best")) if p.is_file()), None)
     if first is None:
         raise CheckpointError(f"{run / 'checkpoints' / 'best.ckpt'} not found: is it a finished run folder?")
-    task = read_checkpoint(first)["hyper_parameters"]["task"]  # which checkpoint to build: one system, not two
+    ckpt = read_checkpoint(first)
+    task = ckpt["hyper_parameters"]["task"]  # which checkpoint to build: one system, not two
     if task == "multi":
         path = _checkpoint(run, "last", "the multi-label audit reads the end of training, and a finished `clcpmt "
                            "bench` run keeps only best.ckpt unless its grid file sets keep_last: true")  # fmt: skip
@@ -92,7 +93,9 @@ def audit_run(run: str | Path, low: float | None = None) -> tuple[str, tuple[str
         raise ConfigError(f"{run}: --low is for multi-label runs (negative pseudo-labels); this one is single-label")
     else:
         path = _checkpoint(run, "best", "the single-label audit reads the best validation epoch")
-    module, cfg = load_system(path, announce=False)
+    if path != first:
+        ckpt = read_checkpoint(path)
+    module, cfg = load_system(path, announce=False, ckpt=ckpt)
     data = prepare_data(run_data(cfg, run))  # the run's own split files: exactly its unlabeled / validation images
     if task == "multi":
         idx = data.parts["unlabeled"]
@@ -107,7 +110,6 @@ def audit_run(run: str | Path, low: float | None = None) -> tuple[str, tuple[str
         p = predict_probs(module, data.images, idx)[method.recipe.pl_source]
         if method.debias is not None:
             p = method.debias(p)
-    ckpt = read_checkpoint(path)
     spe = ckpt["hyper_parameters"]["steps_per_epoch"]
     epoch = ckpt["epoch"] + (spe - 1) / spe  # the progress of the epoch's last step, whose thresholds the run held
     return "single", data.classes, per_class(p.numpy(), data.targets[idx], method.rule.thresholds(epoch).numpy())

@@ -164,11 +164,15 @@ def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
-    from .compare import pair, tables
+    from .compare import pair, per_run, read_results, tables
 
     if overrides:
         raise ConfigError(f"compare takes no config overrides; got {' '.join(overrides)}")
-    if args.pair:
+    if args.pair and args.runs:
+        raise ConfigError("compare: --pair and --runs are two different tables; ask for one at a time")
+    if args.runs:
+        print(per_run(read_results(args.results, args.metric)))
+    elif args.pair:
         print(pair(args.results, *args.pair, args.metric, args.labeled))
     else:
         print(tables(args.results, args.metric, args.versus, args.ceiling))
@@ -242,6 +246,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--ceiling", default="supervised", help="the all-labels row of the gap (method or method+variant)")
     c.add_argument("--pair", nargs=2, metavar=("A", "B"), help="only A − B seed by seed (rows: method[+variant])")
     c.add_argument("--labeled", type=float, default=None, help="--pair: the labeled fraction, when a row has several")
+    c.add_argument("--runs", action="store_true", help="one row per run (seed) instead: metrics, val AUC, wall s")
     c.set_defaults(func=cmd_compare)
     a = sub.add_parser("audit", help="per-class pseudo-label acceptance and precision of runs, with hidden labels")
     a.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of one task (their mean is shown)")

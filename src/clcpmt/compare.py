@@ -84,6 +84,25 @@ def differences(rows: list[dict], metrics: list[str], references: list[str], cei
     return "\n".join(lines)
 
 
+def per_run(rows: list[dict]) -> str:
+    """Markdown: one row per run (method, labeled fraction, seed) with the headline metrics, the validation macro AUC
+    that chose its epoch and its wall seconds; a column no run has is left out, "-" for a value one run lacks."""
+    columns = headline_columns(rows) + [("val_standard/auc", "val AUC"), ("wall_s", "wall s")]
+    columns = [(k, h) for k, h in columns if any(r.get(k) for r in rows)]  # none has it: no column
+    lines = [
+        "| method | labeled | seed | " + " | ".join(h for _, h in columns) + " |",
+        "|" + "---|" * (3 + len(columns)),
+    ]
+    for m, lab in groups(rows):
+        for r in sorted(
+            (r for r in rows if row_name(r) == m and float(r["labeled"]) == lab), key=lambda r: int(r["seed"])
+        ):
+            cells = ["-" if not r.get(k) else f"{float(r[k]):.0f}" if k == "wall_s" else f"{float(r[k]):.2f}"
+                     for k, _ in columns]  # fmt: skip
+            lines.append(f"| {m} | {lab:g} | {r['seed']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def read_results(path: str | Path, metrics: list[str]) -> list[dict]:
     """The rows of a bench results.csv, with every metric asked for among its columns."""
     try:

@@ -150,12 +150,14 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def load_system(checkpoint: str | Path, announce: bool = True) -> tuple[SSLModule, Config]:
-    """Rebuild the system stored in a checkpoint (its config travels inside it)."""
+def load_system(checkpoint: str | Path, announce: bool = True, ckpt: dict | None = None) -> tuple[SSLModule, Config]:
+    """Rebuild the system stored in a checkpoint (its config travels inside it). `ckpt`: the file's contents, when
+    the caller has read them already (read_checkpoint), so a large file is not read twice."""
     checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    ckpt = read_checkpoint(checkpoint)
+    if ckpt is None:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+        ckpt = read_checkpoint(checkpoint)
     # model.pretrained as the run started (model card); a run from before model.mean/std normalised as it resolves
     cfg = with_normalization(config_from_dict(ckpt["hyper_parameters"]["config"]))
     hp = ckpt["hyper_parameters"]
