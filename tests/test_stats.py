@@ -27,6 +27,7 @@ def test_cells():
     assert mean_std([1.0, 2.0, 3.0]) == "2.00 ± 1.00"
     assert mean_std([1.234]) == "1.23" and mean_std([]) == "-" and mean_std([math.nan]) == "-"
     assert diff_cell(1.234, 0.456, 3) == "+1.23 ± 0.46"
+    assert diff_cell(-0.004, 0.84, 3) == "+0.00 ± 0.84"  # no negative zero
     assert diff_cell(-0.5, math.nan, 1) == "-0.50 (n = 1)" and diff_cell(math.nan, math.nan, 0) == "-"
 
 

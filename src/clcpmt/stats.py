@@ -32,6 +32,7 @@ def diff_cell(d: float, se: float, n: int) -> str:
     """A paired difference as a table cell: "+1.23 ± 0.45", "+1.23 (n = 1)" or "-" when no seed is shared."""
     if n == 0:
         return "-"
+    d = round(d, 2) + 0.0  # a difference that rounds to zero prints "+0.00", not "-0.00"
     return f"{d:+.2f}" + (f" ± {se:.2f}" if n > 1 else " (n = 1)")
 
 
