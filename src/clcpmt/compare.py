@@ -31,13 +31,15 @@ def row_name(r: dict) -> str:
     return r["method"] + (f"+{r['variant']}" if r.get("variant") else "")
 
 
+def runs_of(rows: list[dict], name: str, labeled: float) -> list[dict]:
+    """The rows of `name` (method or method+variant) at one labeled fraction, seeds ascending."""
+    mine = [r for r in rows if row_name(r) == name and float(r["labeled"]) == labeled]
+    return sorted(mine, key=lambda r: int(r["seed"]))
+
+
 def by_seed(rows: list[dict], name: str, labeled: float, metric: str) -> dict[int, float]:
     """{seed: value} of `metric` for the runs of `name` (method or method+variant) at one labeled fraction."""
-    out = {}
-    for r in rows:
-        if row_name(r) == name and float(r["labeled"]) == labeled and r.get(metric):
-            out[int(r["seed"])] = float(r[metric])
-    return out
+    return {int(r["seed"]): float(r[metric]) for r in runs_of(rows, name, labeled) if r.get(metric)}
 
 
 def groups(rows: list[dict]) -> list[tuple[str, float]]:
@@ -94,9 +96,7 @@ def per_run(rows: list[dict]) -> str:
         "|" + "---|" * (3 + len(columns)),
     ]
     for m, lab in groups(rows):
-        for r in sorted(
-            (r for r in rows if row_name(r) == m and float(r["labeled"]) == lab), key=lambda r: int(r["seed"])
-        ):
+        for r in runs_of(rows, m, lab):
             cells = ["-" if not r.get(k) else f"{float(r[k]):.0f}" if k == "wall_s" else f"{float(r[k]):.2f}"
                      for k, _ in columns]  # fmt: skip
             lines.append(f"| {m} | {lab:g} | {r['seed']} | " + " | ".join(cells) + " |")
