@@ -257,6 +257,9 @@ def test_paired_differences_by_seed(tmp_path, capsys):
     assert "seeds [0, 1]: +2.00 / -1.00; mean +0.50" in out
     # SE of the differences: stdev(+2, -1) / sqrt(2) = 2.1213 / 1.4142 = 1.50; each row on seeds 0-1 only
     assert "(SE 1.50; a 85.00 ± 7.07, b+v 84.50 ± 4.95)" in out
+    path.write_text("method,variant,labeled,seed,standard/auc\na,,0.2,0,90\nb,,0.2,0,90.004\n")
+    assert main(["compare", str(path), "--pair", "a", "b", "--metric", "standard/auc"]) == 0
+    assert "seeds [0]: +0.00; mean +0.00" in capsys.readouterr().out  # -0.004 rounds to zero: no "-0.00"
     path.write_text("method,variant,labeled,seed,standard/auc\na,,0.2,0,90\nb,,0.2,1,88\n")
     assert main(["compare", str(path), "--pair", "a", "b", "--metric", "standard/auc"]) == 2
     assert "'a' (seeds [0]) and 'b' (seeds [1]) share no seed" in capsys.readouterr().err

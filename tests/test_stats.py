@@ -3,7 +3,7 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from clcpmt.stats import diff_cell, gap_closed, mean_std, paired_difference
+from clcpmt.stats import diff_cell, gap_closed, mean_std, paired_difference, signed
 
 
 def test_paired_difference_by_hand_and_against_scipy():
@@ -28,6 +28,7 @@ def test_cells():
     assert mean_std([1.234]) == "1.23" and mean_std([]) == "-" and mean_std([math.nan]) == "-"
     assert diff_cell(1.234, 0.456, 3) == "+1.23 ± 0.46"
     assert diff_cell(-0.004, 0.84, 3) == "+0.00 ± 0.84"  # no negative zero
+    assert signed(-0.004) == "+0.00" and signed(-0.006) == "-0.01" and signed(1.234) == "+1.23"
     assert diff_cell(-0.5, math.nan, 1) == "-0.50 (n = 1)" and diff_cell(math.nan, math.nan, 0) == "-"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from .bench import columns_of
 from .config import ConfigError
 from .data.readers import DataError
-from .stats import diff_cell, gap_closed, mean_std, paired_difference
+from .stats import diff_cell, gap_closed, mean_std, paired_difference, signed
 
 
 def headline_columns(rows: list[dict]) -> list[tuple[str, str]]:
@@ -155,8 +155,8 @@ def pair(path: str | Path, a: str, b: str, metrics: list[str], labeled: float | 
         mean, se, n = paired_difference(x, y)
         if n == 0:
             raise ConfigError(f"--pair: '{a}' (seeds {sorted(x)}) and '{b}' (seeds {sorted(y)}) share no seed")
-        per_seed = " / ".join(f"{x[s] - y[s]:+.2f}" for s in seeds)
-        line = f"{metric}: {a} - {b}, seeds {seeds}: {per_seed}; mean {mean:+.2f}"
+        per_seed = " / ".join(signed(x[s] - y[s]) for s in seeds)
+        line = f"{metric}: {a} - {b}, seeds {seeds}: {per_seed}; mean {signed(mean)}"
         if n > 1:  # the standard error of the mean difference, and each row's mean ± std on these seeds
             each = [f"{row} {statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}"
                     for row, v in ((a, [x[s] for s in seeds]), (b, [y[s] for s in seeds]))]  # fmt: skip

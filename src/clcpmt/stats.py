@@ -28,12 +28,16 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, 
     return statistics.mean(diff), se, len(diff)
 
 
+def signed(d: float) -> str:
+    """A difference with its sign, 2 decimals: "+1.23", "-0.50"; one that rounds to zero is "+0.00", not "-0.00"."""
+    return f"{round(d, 2) + 0.0:+.2f}"
+
+
 def diff_cell(d: float, se: float, n: int) -> str:
     """A paired difference as a table cell: "+1.23 ± 0.45", "+1.23 (n = 1)" or "-" when no seed is shared."""
     if n == 0:
         return "-"
-    d = round(d, 2) + 0.0  # a difference that rounds to zero prints "+0.00", not "-0.00"
-    return f"{d:+.2f}" + (f" ± {se:.2f}" if n > 1 else " (n = 1)")
+    return signed(d) + (f" ± {se:.2f}" if n > 1 else " (n = 1)")
 
 
 def gap_closed(method: dict[int, float], floor: dict[int, float], ceiling: list[float]) -> float:
